@@ -1,0 +1,48 @@
+# The two commands: `make serve` and `make test`. Both set up everything on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HTTP_PORT ?= 8000
+GRPC_PORT ?= 8001
+HOST ?= 127.0.0.1
+SERVE_ARGS ?=
+
+.PHONY: serve test lint format examples bench clean
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "modelport needs Python 3.11+"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(VENV)/.installed $@
+
+serve: $(VENV)/.installed
+	$(BIN)/modelport serve --host $(HOST) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) $(SERVE_ARGS)
+
+test: $(VENV)/.installed-dev
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
+
+format: $(VENV)/.installed-dev
+	$(BIN)/ruff format src tests benchmarks scripts
+	$(BIN)/ruff check --fix src tests benchmarks scripts
+
+examples: $(VENV)/.installed
+	$(BIN)/python scripts/make_examples.py
+
+bench: $(VENV)/.installed-dev
+	bash benchmarks/setup_loadgen.sh
+	$(BIN)/python benchmarks/serving_http.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

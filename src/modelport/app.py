@@ -1,0 +1,82 @@
+"""Composition root: builds the core, runtimes, observability and frontends and wires them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+
+from modelport.core.manager import ModelManager
+from modelport.core.server import InferenceServer
+from modelport.core.validate import Limits
+from modelport.frontends.rest import create_app
+from modelport.observability.metrics import Metrics
+from modelport.repository import LocalRepository
+from modelport.runtimes import RuntimeRegistry
+from modelport.settings import ServerSettings
+
+log = logging.getLogger("modelport")
+
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics")
+
+
+@dataclass(slots=True)
+class Application:
+    settings: ServerSettings
+    server: InferenceServer
+    metrics: Metrics
+    http: Starlette
+
+
+def build(settings: ServerSettings) -> Application:
+    limits = Limits(
+        max_request_bytes=settings.max_request_bytes,
+        max_tensor_elements=settings.max_tensor_elements,
+    )
+    metrics = Metrics()
+    repository = LocalRepository(settings.repository)
+    manager = ModelManager(repository, RuntimeRegistry(), metrics, limits)
+    executor = ThreadPoolExecutor(
+        max_workers=settings.inference_threads, thread_name_prefix="modelport-infer"
+    )
+    server = InferenceServer(
+        manager, executor, extensions=EXTENSIONS, strict_readiness=settings.strict_readiness
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if settings.uses_examples:
+            log.info(
+                "no --model-repository given: serving the bundled examples from %s",
+                settings.repository,
+            )
+        else:
+            log.info("serving the model repository %s", settings.repository)
+        loading = asyncio.create_task(server.start(), name="modelport-initial-load")
+        loading.add_done_callback(_report_loaded)
+        try:
+            yield
+        finally:
+            loading.cancel()
+            server.close()
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    http = create_app(
+        server, metrics, max_request_bytes=settings.max_request_bytes, lifespan=lifespan
+    )
+    return Application(settings, server, metrics, http)
+
+
+def _report_loaded(task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is not None:
+        log.critical("loading the model repository failed", exc_info=error)
+    else:
+        log.info("all models loaded; the server is ready")

@@ -1,0 +1,82 @@
+"""`modelport` command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from modelport.__about__ import __version__
+
+
+@click.group()
+@click.version_option(__version__, prog_name="modelport")
+def cli() -> None:
+    """Optimize, deploy and serve machine-learning models."""
+
+
+@cli.command()
+@click.option(
+    "--model-repository",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Directory of models (NAME/VERSION/model.onnx). Default: the bundled examples.",
+)
+@click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
+@click.option("--http-port", type=int, default=None, help="v2 REST port (default 8000).")
+@click.option("--grpc-port", type=int, default=None, help="v2 gRPC port (default 8001).")
+@click.option(
+    "--max-request-size",
+    "max_request_bytes",
+    type=int,
+    default=None,
+    help="Largest request body in bytes (default 64 MiB); larger ones get 413.",
+)
+@click.option(
+    "--max-tensor-elements",
+    type=int,
+    default=None,
+    help="Largest element count of one input tensor (default 2**26).",
+)
+@click.option(
+    "--inference-threads",
+    type=int,
+    default=None,
+    help="Threads running inference off the event loop (default 4).",
+)
+@click.option(
+    "--strict-readiness/--no-strict-readiness",
+    default=None,
+    help="Report not ready while any model failed to load.",
+)
+@click.option(
+    "--log-level",
+    default=None,
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+)
+def serve(**options: object) -> None:
+    """Serve a model repository over the v2 protocol."""
+    import uvicorn
+
+    from modelport.app import build
+    from modelport.observability.logging import configure
+    from modelport.settings import ServerSettings
+
+    settings = ServerSettings(**{k: v for k, v in options.items() if v is not None})
+    configure(settings.log_level)
+    application = build(settings)
+    uvicorn.run(
+        application.http,
+        host=settings.host,
+        port=settings.http_port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_config=None,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=10,
+    )
+
+
+if __name__ == "__main__":
+    cli()

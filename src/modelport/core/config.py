@@ -1,0 +1,123 @@
+"""A model's configuration (`REPO/NAME/config.yaml`), validated with pydantic.
+
+Every field has a default or is read from the model file, so a bare model needs no config at all.
+Shapes are written in v2 terms: the batch dimension included, -1 for a dimension of any size.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from modelport.core.types import DataType, TensorSpec
+
+DEFAULT_MAX_BATCH_SIZE = 1024
+"""Largest batch a request may carry when the model's first dimension is dynamic and the config
+names no max_batch_size."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorConfig(_Strict):
+    name: str = Field(min_length=1)
+    datatype: DataType
+    shape: tuple[int, ...]
+
+    @field_validator("datatype", mode="before")
+    @classmethod
+    def _parse_datatype(cls, value: object) -> DataType:
+        return value if isinstance(value, DataType) else DataType.parse(value)
+
+    @field_validator("shape")
+    @classmethod
+    def _dims_valid(cls, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if any(dim < -1 or dim == 0 for dim in shape):
+            raise ValueError(f"dimensions must be positive or -1, got {list(shape)}")
+        return shape
+
+    def spec(self) -> TensorSpec:
+        return TensorSpec(self.name, self.datatype, self.shape)
+
+
+class VersionPolicy(_Strict):
+    """Which of the version directories on disk are served (Triton's version_policy)."""
+
+    latest: int | None = Field(default=None, ge=1)
+    all: bool = False
+    specific: tuple[int, ...] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_short_forms(cls, value: Any) -> Any:
+        if value == "all":
+            return {"all": True}
+        if isinstance(value, dict) and "all" in value and value["all"] in ({}, None):
+            return {**value, "all": True}
+        return value
+
+    @model_validator(mode="after")
+    def _one_policy(self) -> VersionPolicy:
+        chosen = sum([self.latest is not None, self.all, self.specific is not None])
+        if chosen > 1:
+            raise ValueError("version_policy takes one of latest, all, specific")
+        if self.specific is not None and any(v < 1 for v in self.specific):
+            raise ValueError("specific versions must be positive integers")
+        return self
+
+    def select(self, available: list[int]) -> list[int]:
+        versions = sorted(available)
+        if self.all:
+            return versions
+        if self.specific is not None:
+            return [v for v in versions if v in self.specific]
+        return versions[-(self.latest or 1) :]
+
+    def as_triton(self) -> dict[str, Any]:
+        if self.all:
+            return {"all": {}}
+        if self.specific is not None:
+            return {"specific": {"versions": list(self.specific)}}
+        return {"latest": {"num_versions": self.latest or 1}}
+
+
+GraphOptimizationLevel = Literal["disable", "basic", "extended", "all"]
+
+
+class RuntimeOptions(_Strict):
+    """Options for the runtime that runs the model; each runtime reads the ones it understands."""
+
+    intra_op_threads: int | None = Field(default=None, ge=0)
+    inter_op_threads: int | None = Field(default=None, ge=0)
+    execution_providers: tuple[str, ...] = ()
+    graph_optimization_level: GraphOptimizationLevel = "all"
+    allow_spinning: bool | None = None
+
+
+class ModelConfig(_Strict):
+    name: str | None = None
+    platform: str | None = None
+    default_model_filename: str | None = None
+    max_batch_size: int | None = Field(default=None, ge=0)
+    inputs: tuple[TensorConfig, ...] = ()
+    outputs: tuple[TensorConfig, ...] = ()
+    version_policy: VersionPolicy = VersionPolicy()
+    runtime: RuntimeOptions = RuntimeOptions()
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("default_model_filename")
+    @classmethod
+    def _plain_file_name(cls, value: str | None) -> str | None:
+        if value is not None and (value in ("", ".", "..") or "/" in value or "\\" in value):
+            raise ValueError("default_model_filename must be a file name, not a path")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ModelConfig:
+        for kind, tensors in (("input", self.inputs), ("output", self.outputs)):
+            names = [t.name for t in tensors]
+            if len(names) != len(set(names)):
+                raise ValueError(f"duplicate {kind} names in {names}")
+        return self

@@ -1,0 +1,77 @@
+"""The one error hierarchy. Each error names a transport-free kind; frontends/status.py maps kinds
+to HTTP status codes and gRPC codes."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorKind(enum.Enum):
+    NOT_FOUND = "not_found"
+    INVALID_INPUT = "invalid_input"
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
+    TOO_LARGE = "too_large"
+    UNAVAILABLE = "unavailable"
+    TIMEOUT = "timeout"
+    INTERNAL = "internal"
+
+
+class ModelportError(Exception):
+    kind: ErrorKind = ErrorKind.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ModelNotFound(ModelportError):
+    kind = ErrorKind.NOT_FOUND
+
+
+class ModelNotReady(ModelportError):
+    kind = ErrorKind.UNAVAILABLE
+
+
+class InvalidInput(ModelportError):
+    kind = ErrorKind.INVALID_INPUT
+
+
+class PayloadTooLarge(ModelportError):
+    kind = ErrorKind.TOO_LARGE
+
+
+class Unauthenticated(ModelportError):
+    kind = ErrorKind.UNAUTHENTICATED
+
+
+class Forbidden(ModelportError):
+    kind = ErrorKind.FORBIDDEN
+
+
+class ServerBusy(ModelportError):
+    kind = ErrorKind.UNAVAILABLE
+
+
+class DeadlineExceeded(ModelportError):
+    kind = ErrorKind.TIMEOUT
+
+
+class InferenceFailed(ModelportError):
+    """The runtime raised while running a batch that passed validation."""
+
+    kind = ErrorKind.INTERNAL
+
+
+class ModelLoadError(ModelportError):
+    """A model version could not be loaded; its message becomes the version's FAILED reason."""
+
+    kind = ErrorKind.INTERNAL
+
+
+class ConfigError(ModelLoadError):
+    """A model's configuration is invalid or contradicts the model file."""
+
+
+class MissingDependency(ModelLoadError):
+    """A runtime needs an optional package that is not installed."""

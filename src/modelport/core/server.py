@@ -1,0 +1,169 @@
+"""InferenceServer: the one entry point frontends call. Resolve, validate, run, record."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Executor
+from typing import Any
+
+import numpy as np
+
+from modelport.__about__ import __version__
+from modelport.core.errors import InferenceFailed, InvalidInput, ModelportError
+from modelport.core.manager import ModelManager, ModelVersion
+from modelport.core.types import InferRequest, InferResponse
+
+log = logging.getLogger("modelport.server")
+
+SERVER_NAME = "modelport"
+
+
+class InferenceServer:
+    def __init__(
+        self,
+        manager: ModelManager,
+        executor: Executor,
+        *,
+        extensions: tuple[str, ...] = (),
+        strict_readiness: bool = False,
+    ) -> None:
+        self.manager = manager
+        self._executor = executor
+        self._extensions = extensions
+        self._strict_readiness = strict_readiness
+        self._started = False
+
+    async def start(self) -> None:
+        await self.manager.load_all()
+        self._started = True
+        failed = self.manager.failed()
+        if failed:
+            log.warning("serving without %d model(s) that failed: %s", len(failed), failed)
+
+    def close(self) -> None:
+        self._started = False
+        self.manager.close()
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        """Ready once the initial load has finished (and, if strict, nothing failed)."""
+        if not self._started:
+            return False
+        return not (self._strict_readiness and self.manager.failed())
+
+    def metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": __version__, "extensions": list(self._extensions)}
+
+    def model(self, name: str, version: str | None = None) -> ModelVersion:
+        return self.manager.resolve(name, version)
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        entry = self.manager.resolve(name, version)
+        assert entry.signature is not None
+        versions = [v.version_str for v in self.manager.versions(name) if v.ready]
+        return {
+            "name": name,
+            "versions": [entry.version_str] if version else versions,
+            "platform": entry.triton_platform,
+            "inputs": [spec.as_dict() for spec in entry.signature.inputs],
+            "outputs": [spec.as_dict() for spec in entry.signature.outputs],
+        }
+
+    async def infer(
+        self, request: InferRequest, entry: ModelVersion | None = None
+    ) -> InferResponse:
+        """Run one request. `entry` skips the lookup when the frontend already resolved it."""
+        start = time.perf_counter_ns()
+        if entry is None:
+            entry = self.manager.resolve(request.model_name, request.model_version)
+        assert entry.guard is not None and entry.model is not None and entry.recorder is not None
+        try:
+            entry.guard.check_arrays(request.inputs)
+            if request.outputs is not None:
+                entry.guard.check_outputs(request.outputs)
+            loop = asyncio.get_running_loop()
+            model = entry.model
+            queued = time.perf_counter_ns()
+            try:
+                outputs, infer_ns = await loop.run_in_executor(
+                    self._executor, _timed_infer, model, request.inputs, request.outputs
+                )
+            except ModelportError:
+                raise
+            except Exception as exc:
+                log.exception("model %s version %d raised", entry.name, entry.version)
+                raise InferenceFailed(
+                    f"model '{entry.name}' version {entry.version} failed: {exc}"
+                ) from exc
+            _check_outputs(entry, outputs, request.outputs)
+        except ModelportError as exc:
+            elapsed = time.perf_counter_ns() - start
+            entry.stats.record_failure(now_ms=time.time_ns() // 1_000_000, total_ns=elapsed)
+            entry.recorder.failure(elapsed / 1e9, exc.kind.value)
+            raise
+        elapsed = time.perf_counter_ns() - start
+        batch = _batch_size(entry, request.inputs)
+        entry.stats.record_success(
+            now_ms=time.time_ns() // 1_000_000,
+            batch_size=batch,
+            total_ns=elapsed,
+            queue_ns=max(0, elapsed - infer_ns - (queued - start)),
+            infer_ns=infer_ns,
+        )
+        entry.recorder.success(elapsed / 1e9, infer_ns / 1e9, batch)
+        return InferResponse(
+            model_name=entry.name,
+            model_version=entry.version_str,
+            outputs=outputs,
+            id=request.id,
+        )
+
+    def record_rejected(self, entry: ModelVersion, error: ModelportError, started_ns: int) -> None:
+        """Count a request a frontend refused before it reached infer() (bad body, too large)."""
+        elapsed = time.perf_counter_ns() - started_ns
+        entry.stats.record_failure(now_ms=time.time_ns() // 1_000_000, total_ns=elapsed)
+        if entry.recorder is not None:
+            entry.recorder.failure(elapsed / 1e9, error.kind.value)
+
+    def statistics(
+        self, name: str | None = None, version: str | None = None
+    ) -> list[dict[str, Any]]:
+        if name is None:
+            entries = [v for v in self.manager.all_versions() if v.ready]
+        elif version:
+            entries = [self.manager.resolve(name, version)]
+        else:
+            entries = [v for v in self.manager.versions(name) if v.ready]
+        return [entry.stats.as_triton(entry.name, entry.version_str) for entry in entries]
+
+
+def _timed_infer(
+    model: Any, inputs: dict[str, np.ndarray], outputs: tuple[str, ...] | None
+) -> tuple[dict[str, np.ndarray], int]:
+    start = time.perf_counter_ns()
+    result = model.infer(inputs, outputs)
+    return result, time.perf_counter_ns() - start
+
+
+def _check_outputs(
+    entry: ModelVersion, outputs: dict[str, np.ndarray], wanted: tuple[str, ...] | None
+) -> None:
+    missing = set(wanted or ()).difference(outputs)
+    if missing:
+        raise InferenceFailed(
+            f"model '{entry.name}' did not return requested output(s) {sorted(missing)}"
+        )
+
+
+def _batch_size(entry: ModelVersion, inputs: dict[str, np.ndarray]) -> int:
+    assert entry.signature is not None
+    if entry.signature.max_batch_size == 0:
+        return 1
+    first = next(iter(inputs.values()), None)
+    if first is None or first.ndim == 0:
+        raise InvalidInput("a batched model needs inputs with a batch dimension")
+    return int(first.shape[0])

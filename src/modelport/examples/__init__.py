@@ -1,0 +1,1 @@
+"""Tiny example models: builders (onnx + numpy only) and the bundled example repository."""

@@ -1,0 +1,1 @@
+"""Frontends translate wire formats into InferenceServer calls and back; they decide nothing."""

@@ -1,0 +1,67 @@
+"""The Starlette application: routes from each endpoint group, errors in the v2 shape."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from modelport.core.errors import ModelportError
+from modelport.core.server import InferenceServer
+from modelport.frontends.rest.v2 import V2Endpoints, error_response
+from modelport.frontends.status import http_status
+from modelport.observability.metrics import Metrics
+
+log = logging.getLogger("modelport.rest")
+
+Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
+
+
+def create_app(
+    server: InferenceServer,
+    metrics: Metrics,
+    *,
+    max_request_bytes: int,
+    lifespan: Lifespan | None = None,
+) -> Starlette:
+    v2 = V2Endpoints(server, max_request_bytes)
+
+    async def render_metrics(request: Request) -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    routes = [*v2.routes(), Route("/metrics", render_metrics, methods=["GET"])]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan or _no_lifespan,
+        exception_handlers={
+            ModelportError: _modelport_error,
+            HTTPException: _http_error,
+            Exception: _unexpected_error,
+        },
+    )
+
+
+@asynccontextmanager
+async def _no_lifespan(app: Starlette) -> AsyncIterator[None]:
+    yield
+
+
+async def _modelport_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ModelportError)
+    return error_response(exc.message, http_status(exc.kind))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error_response(f"{exc.detail}: {request.method} {request.url.path}", exc.status_code)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(f"internal error: {type(exc).__name__}", 500)

@@ -1,0 +1,52 @@
+"""Triton's model-configuration JSON, which perf_analyzer and Triton tooling read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelport.core.manager import ModelVersion
+from modelport.core.types import TensorSpec
+
+_BACKENDS = {"onnxruntime_onnx": "onnxruntime"}
+
+
+def model_config(entry: ModelVersion) -> dict[str, Any]:
+    """The config in Triton's shape: dims exclude the batch dimension when max_batch_size > 0."""
+    assert entry.signature is not None
+    batch = entry.signature.max_batch_size
+
+    def dims(spec: TensorSpec) -> list[int]:
+        return list(spec.shape[1:] if batch > 0 else spec.shape)
+
+    return {
+        "name": entry.name,
+        "platform": entry.triton_platform,
+        "backend": _BACKENDS.get(entry.triton_platform, entry.platform),
+        "version_policy": entry.config.version_policy.as_triton(),
+        "max_batch_size": batch,
+        "input": [
+            {
+                "name": spec.name,
+                "data_type": spec.datatype.triton_name,
+                "format": "FORMAT_NONE",
+                "dims": dims(spec),
+                "is_shape_tensor": False,
+                "allow_ragged_batch": False,
+                "optional": False,
+            }
+            for spec in entry.signature.inputs
+        ],
+        "output": [
+            {
+                "name": spec.name,
+                "data_type": spec.datatype.triton_name,
+                "dims": dims(spec),
+                "label_filename": "",
+                "is_shape_tensor": False,
+            }
+            for spec in entry.signature.outputs
+        ],
+        "instance_group": [{"name": f"{entry.name}_0", "kind": "KIND_CPU", "count": 1}],
+        "default_model_filename": entry.config.default_model_filename or "",
+        "parameters": {},
+    }

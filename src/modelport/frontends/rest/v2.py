@@ -1,0 +1,141 @@
+"""v2 REST endpoints (KServe Open Inference Protocol) plus Triton's config and statistics."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from modelport.core.errors import InvalidInput, ModelportError, PayloadTooLarge
+from modelport.core.server import InferenceServer
+from modelport.frontends.rest import triton
+from modelport.frontends.rest.v2_codec import (
+    HEADER_LENGTH,
+    decode_request,
+    encode_response,
+    parse_header_length,
+)
+
+JSON = "application/json"
+
+
+def json_response(content: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status, media_type=JSON)
+
+
+def error_response(message: str, status: int) -> Response:
+    return json_response({"error": message}, status)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) anything over `limit` bytes without buffering it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            length = int(declared)
+        except ValueError:
+            raise InvalidInput(f"Content-Length {declared!r} is not an integer") from None
+        if length > limit:
+            raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit}")
+    chunks = []
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class V2Endpoints:
+    def __init__(self, server: InferenceServer, max_request_bytes: int) -> None:
+        self.server = server
+        self.max_request_bytes = max_request_bytes
+
+    def routes(self) -> list[Route]:
+        model = "/v2/models/{model}"
+        version = "/v2/models/{model}/versions/{version}"
+        routes = [
+            Route("/v2/health/live", self.live, methods=["GET"]),
+            Route("/v2/health/ready", self.ready, methods=["GET"]),
+            Route("/v2", self.metadata, methods=["GET"]),
+            Route("/v2/models/stats", self.statistics, methods=["GET"]),
+            Route("/v2/repository/index", self.repository_index, methods=["POST"]),
+        ]
+        for prefix in (model, version):
+            routes += [
+                Route(prefix, self.model_metadata, methods=["GET"]),
+                Route(f"{prefix}/ready", self.model_ready, methods=["GET"]),
+                Route(f"{prefix}/infer", self.infer, methods=["POST"]),
+                Route(f"{prefix}/config", self.model_config, methods=["GET"]),
+                Route(f"{prefix}/stats", self.statistics, methods=["GET"]),
+            ]
+        return routes
+
+    async def live(self, request: Request) -> Response:
+        return json_response({"live": True})
+
+    async def ready(self, request: Request) -> Response:
+        if self.server.ready():
+            return json_response({"ready": True})
+        return json_response({"ready": False, "error": "the server is not ready"}, 400)
+
+    async def metadata(self, request: Request) -> Response:
+        return json_response(self.server.metadata())
+
+    async def model_metadata(self, request: Request) -> Response:
+        name, version = _model_params(request)
+        return json_response(self.server.model_metadata(name, version))
+
+    async def model_ready(self, request: Request) -> Response:
+        name, version = _model_params(request)
+        try:
+            self.server.model(name, version)
+        except ModelportError as exc:
+            if exc.kind.value == "not_found":
+                raise
+            return json_response({"name": name, "ready": False, "error": exc.message}, 400)
+        return json_response({"name": name, "ready": True})
+
+    async def model_config(self, request: Request) -> Response:
+        name, version = _model_params(request)
+        return json_response(triton.model_config(self.server.model(name, version)))
+
+    async def statistics(self, request: Request) -> Response:
+        name, version = _model_params(request)
+        return json_response({"model_stats": self.server.statistics(name, version)})
+
+    async def repository_index(self, request: Request) -> Response:
+        return json_response(self.server.manager.index())
+
+    async def infer(self, request: Request) -> Response:
+        started = time.perf_counter_ns()
+        name, version = _model_params(request)
+        entry = self.server.model(name, version)
+        assert entry.guard is not None
+        try:
+            body = await read_body(request, self.max_request_bytes)
+            header_length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
+            infer_request, output_format = decode_request(
+                body, header_length, entry.guard, name, version
+            )
+        except ModelportError as exc:
+            self.server.record_rejected(entry, exc, started)
+            raise
+        response = await self.server.infer(infer_request, entry)
+        payload, json_length = encode_response(response, output_format)
+        if json_length is None:
+            return Response(payload, media_type=JSON)
+        return Response(
+            payload,
+            media_type="application/octet-stream",
+            headers={"Inference-Header-Content-Length": str(json_length)},
+        )
+
+
+def _model_params(request: Request) -> tuple[str | None, str | None]:
+    params = request.path_params
+    return params.get("model"), params.get("version")

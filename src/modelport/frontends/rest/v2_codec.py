@@ -1,0 +1,327 @@
+"""v2 REST bodies <-> core requests: JSON tensors and Triton's binary tensor extension.
+
+A request body is a JSON header, optionally followed by raw tensor bytes; the
+`Inference-Header-Content-Length` header says where the JSON ends. Every declared shape is checked
+against the model (and the element limit) before its data is decoded, and binary tensors become
+numpy views of the body without a copy.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from modelport.core.errors import InferenceFailed, InvalidInput
+from modelport.core.types import DataType, InferRequest, InferResponse
+from modelport.core.validate import InputGuard, element_count
+
+HEADER_LENGTH = "inference-header-content-length"
+_LENGTH_PREFIX = struct.Struct("<I")
+
+
+@dataclass(slots=True)
+class OutputFormat:
+    """How the client wants each output back: binary or JSON."""
+
+    binary_default: bool = False
+    binary: dict[str, bool] = field(default_factory=dict)
+
+    def is_binary(self, name: str) -> bool:
+        return self.binary.get(name, self.binary_default)
+
+
+def parse_header_length(value: str | None, body_length: int) -> int | None:
+    if value is None:
+        return None
+    try:
+        length = int(value)
+    except ValueError:
+        raise InvalidInput(f"Inference-Header-Content-Length {value!r} is not an integer") from None
+    if length < 0 or length > body_length:
+        raise InvalidInput(
+            f"Inference-Header-Content-Length {length} is outside the body of {body_length} bytes"
+        )
+    return length
+
+
+def decode_request(
+    body: bytes, header_length: int | None, guard: InputGuard, model: str, version: str | None
+) -> tuple[InferRequest, OutputFormat]:
+    if header_length is None:
+        header, binary = body, memoryview(b"")
+    else:
+        header, binary = body[:header_length], memoryview(body)[header_length:]
+    document = _parse_json(header)
+    request_id = document.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput("'id' must be a string")
+    parameters = _mapping(document.get("parameters"), "parameters")
+    inputs = _decode_inputs(document.get("inputs"), binary, guard)
+    output_format = OutputFormat(binary_default=bool(parameters.get("binary_data_output", False)))
+    wanted = _decode_outputs(document.get("outputs"), output_format)
+    if wanted is not None:
+        guard.check_outputs(wanted)
+    request = InferRequest(
+        model_name=model,
+        model_version=version,
+        inputs=inputs,
+        outputs=wanted,
+        id=request_id,
+        parameters=parameters,
+    )
+    return request, output_format
+
+
+def _parse_json(header: bytes) -> dict[str, Any]:
+    try:
+        document = orjson.loads(header)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON in the request body: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidInput("the request body must be a JSON object")
+    return document
+
+
+def _mapping(value: object, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f"'{where}' must be a JSON object")
+    return value
+
+
+def _decode_inputs(items: object, binary: memoryview, guard: InputGuard) -> dict[str, np.ndarray]:
+    if not isinstance(items, list) or not items:
+        raise InvalidInput("'inputs' must be a non-empty list")
+    arrays: dict[str, np.ndarray] = {}
+    offset = 0
+    for item in items:
+        if not isinstance(item, dict):
+            raise InvalidInput("each entry of 'inputs' must be a JSON object")
+        name = item.get("name")
+        if not isinstance(name, str):
+            raise InvalidInput("each input needs a string 'name'")
+        if name in arrays:
+            raise InvalidInput(f"input '{name}' appears more than once")
+        spec = guard.check_header(name, item.get("datatype"), item.get("shape"))
+        shape = tuple(item["shape"])
+        parameters = _mapping(item.get("parameters"), f"inputs.{name}.parameters")
+        size = parameters.get("binary_data_size")
+        if size is not None:
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise InvalidInput(
+                    f"input '{name}': binary_data_size must be a non-negative integer"
+                )
+            if offset + size > len(binary):
+                raise InvalidInput(
+                    f"input '{name}': binary_data_size {size} runs past the end of the body "
+                    f"({len(binary) - offset} bytes left)"
+                )
+            chunk = binary[offset : offset + size]
+            offset += size
+            arrays[name] = _from_binary(name, spec.datatype, shape, chunk)
+        else:
+            if "data" not in item:
+                raise InvalidInput(f"input '{name}' has neither 'data' nor binary_data_size")
+            arrays[name] = _from_json(name, spec.datatype, shape, item["data"])
+    if offset != len(binary):
+        raise InvalidInput(
+            f"the body carries {len(binary)} bytes of binary tensor data but the inputs "
+            f"declare {offset}"
+        )
+    guard.check_complete(arrays)
+    return arrays
+
+
+def _from_binary(
+    name: str, datatype: DataType, shape: tuple[int, ...], chunk: memoryview
+) -> np.ndarray:
+    count = element_count(shape)
+    if datatype is DataType.BYTES:
+        return _bytes_elements(name, chunk, count).reshape(shape)
+    expected = count * datatype.itemsize
+    if len(chunk) != expected:
+        raise InvalidInput(
+            f"input '{name}': {len(chunk)} bytes of binary data, but shape {list(shape)} of "
+            f"{datatype.value} needs {expected}"
+        )
+    return np.frombuffer(chunk, dtype=datatype.numpy_dtype).reshape(shape)
+
+
+def _bytes_elements(name: str, chunk: memoryview, count: int) -> np.ndarray:
+    out = np.empty(count, dtype=object)
+    position, end = 0, len(chunk)
+    for index in range(count):
+        if position + 4 > end:
+            raise InvalidInput(f"input '{name}': BYTES data ends before element {index}")
+        (length,) = _LENGTH_PREFIX.unpack_from(chunk, position)
+        position += 4
+        if position + length > end:
+            raise InvalidInput(
+                f"input '{name}': BYTES element {index} claims {length} bytes past the end"
+            )
+        out[index] = bytes(chunk[position : position + length])
+        position += length
+    if position != end:
+        raise InvalidInput(
+            f"input '{name}': {end - position} bytes left over after {count} BYTES elements"
+        )
+    return out
+
+
+def _from_json(name: str, datatype: DataType, shape: tuple[int, ...], data: object) -> np.ndarray:
+    count = element_count(shape)
+    if datatype is DataType.BYTES:
+        return _json_strings(name, data, count).reshape(shape)
+    target = datatype.numpy_dtype
+    try:
+        parsed = np.asarray(data)
+    except (ValueError, TypeError):
+        raise InvalidInput(f"input '{name}': 'data' is not a regular (non-ragged) array") from None
+    if parsed.size != count:
+        raise InvalidInput(
+            f"input '{name}': 'data' holds {parsed.size} elements but shape {list(shape)} "
+            f"needs {count}"
+        )
+    if target.kind in "iu":
+        converted = _json_integers(name, datatype, data, parsed)
+    elif count and parsed.dtype.kind not in ("b" if target.kind == "b" else "iuf"):
+        wanted = "true/false" if target.kind == "b" else "numbers"
+        raise InvalidInput(f"input '{name}': {datatype.value} data must hold {wanted}")
+    else:
+        converted = parsed.astype(target, copy=False)
+    return converted.reshape(shape)
+
+
+def _json_integers(name: str, datatype: DataType, data: object, parsed: np.ndarray) -> np.ndarray:
+    """Integers exactly: out-of-range values and fractions are refused, never wrapped or cut."""
+    problem = f"input '{name}': {datatype.value} data must hold integers in range"
+    if parsed.dtype.kind in "iu":
+        candidates = parsed
+    elif parsed.size == 0:
+        return parsed.astype(datatype.numpy_dtype)
+    elif parsed.dtype.kind in "fO":
+        # numpy infers float64 (or objects) when Python ints exceed int64, e.g. large UINT64.
+        candidates = None
+    else:
+        raise InvalidInput(problem)
+    try:
+        with np.errstate(all="raise"):
+            converted = np.asarray(
+                data if candidates is None else candidates, dtype=datatype.numpy_dtype
+            )
+    except (OverflowError, ValueError, TypeError, FloatingPointError):
+        raise InvalidInput(problem) from None
+    if candidates is not None:
+        info = np.iinfo(datatype.numpy_dtype)
+        if candidates.min() < info.min or candidates.max() > info.max:
+            raise InvalidInput(problem)
+    elif parsed.dtype.kind == "f" and not np.array_equal(parsed, converted):
+        raise InvalidInput(problem)
+    return converted
+
+
+def _json_strings(name: str, data: object, count: int) -> np.ndarray:
+    flat: list[bytes] = []
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+        elif isinstance(item, str):
+            flat.append(item.encode("utf-8"))
+        else:
+            raise InvalidInput(f"input '{name}': BYTES data must hold strings")
+        if len(flat) > count:
+            break
+    if len(flat) != count:
+        raise InvalidInput(
+            f"input '{name}': 'data' does not hold the {count} strings its shape needs"
+        )
+    out = np.empty(count, dtype=object)
+    out[:] = flat
+    return out
+
+
+def _decode_outputs(items: object, output_format: OutputFormat) -> tuple[str, ...] | None:
+    if items is None:
+        return None
+    if not isinstance(items, list):
+        raise InvalidInput("'outputs' must be a list")
+    names = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise InvalidInput("each entry of 'outputs' needs a string 'name'")
+        name = item["name"]
+        parameters = _mapping(item.get("parameters"), f"outputs.{name}.parameters")
+        if "binary_data" in parameters:
+            output_format.binary[name] = bool(parameters["binary_data"])
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+def encode_response(
+    response: InferResponse, output_format: OutputFormat
+) -> tuple[bytes, int | None]:
+    """The response body and, when any output is binary, the length of its JSON header."""
+    outputs = []
+    blobs = []
+    for name, array in response.outputs.items():
+        datatype = _datatype(name, array)
+        entry: dict[str, Any] = {"name": name, "datatype": datatype.value, "shape": array.shape}
+        if output_format.is_binary(name):
+            blob = _to_binary(array, datatype)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = _to_json(name, array, datatype)
+        outputs.append(entry)
+    document: dict[str, Any] = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+        "outputs": outputs,
+    }
+    if response.id is not None:
+        document["id"] = response.id
+    header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return header, None
+    return b"".join((header, *blobs)), len(header)
+
+
+def _datatype(name: str, array: np.ndarray) -> DataType:
+    try:
+        return DataType.from_numpy(array.dtype)
+    except ValueError as exc:
+        raise InferenceFailed(f"output '{name}': {exc}") from None
+
+
+def _to_binary(array: np.ndarray, datatype: DataType) -> bytes:
+    if datatype is DataType.BYTES:
+        parts = []
+        for item in array.reshape(-1):
+            value = item if isinstance(item, bytes) else str(item).encode("utf-8")
+            parts.append(_LENGTH_PREFIX.pack(len(value)))
+            parts.append(value)
+        return b"".join(parts)
+    return np.ascontiguousarray(array).tobytes()
+
+
+def _to_json(name: str, array: np.ndarray, datatype: DataType) -> Any:
+    if datatype is DataType.BYTES:
+        try:
+            return [
+                item.decode("utf-8") if isinstance(item, bytes) else str(item)
+                for item in array.reshape(-1)
+            ]
+        except UnicodeDecodeError:
+            raise InvalidInput(
+                f"output '{name}' holds bytes that are not UTF-8 text; ask for it with "
+                "binary_data: true"
+            ) from None
+    return np.ascontiguousarray(array).reshape(-1)

@@ -1,0 +1,1 @@
+"""Metrics and logging, plugged into the core through the protocols it declares."""

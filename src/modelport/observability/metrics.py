@@ -1,0 +1,118 @@
+"""Prometheus metrics with their own registry, fed by the core through InferenceObserver.
+
+Families are shared by every frontend (REST now; gRPC and queues later), labelled by model and
+version. Label children are created once per model version, so a request costs a few counter
+increments, not label lookups.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# The *_created series double the exposition size and no dashboard of ours reads them.
+disable_created_metrics()
+
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+STATES = ("LOADING", "READY", "UNAVAILABLE", "FAILED")
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        labels = ("model", "version")
+        self.success = Counter(
+            "modelport_inference_request_success",
+            "Inference requests that succeeded.",
+            labels,
+            registry=self.registry,
+        )
+        self.failure = Counter(
+            "modelport_inference_request_failure",
+            "Inference requests that failed, by error kind.",
+            (*labels, "reason"),
+            registry=self.registry,
+        )
+        self.inferences = Counter(
+            "modelport_inference_count",
+            "Inferences performed (a batch of N counts N).",
+            labels,
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "modelport_request_duration_seconds",
+            "Time from a request reaching the core to its response, successful requests only.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.compute = Histogram(
+            "modelport_inference_compute_seconds",
+            "Time the runtime spent computing each request.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.state = Gauge(
+            "modelport_model_state",
+            "1 for the state each model version is in, 0 for the others.",
+            (*labels, "state"),
+            registry=self.registry,
+        )
+
+    def recorder(self, model: str, version: str) -> VersionMetrics:
+        return VersionMetrics(self, model, version)
+
+    def model_state(self, model: str, version: str, state: str) -> None:
+        for candidate in STATES:
+            self.state.labels(model, version, candidate).set(1 if candidate == state else 0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class VersionMetrics:
+    """The label children of one model version, bound once at load time."""
+
+    def __init__(self, metrics: Metrics, model: str, version: str) -> None:
+        self._metrics = metrics
+        self._labels = (model, version)
+        self._success = metrics.success.labels(model, version)
+        self._inferences = metrics.inferences.labels(model, version)
+        self._latency = metrics.latency.labels(model, version)
+        self._compute = metrics.compute.labels(model, version)
+
+    def success(self, latency_s: float, compute_s: float, batch_size: int) -> None:
+        self._success.inc()
+        self._inferences.inc(batch_size)
+        self._latency.observe(latency_s)
+        self._compute.observe(compute_s)
+
+    def failure(self, latency_s: float, reason: str) -> None:
+        self._metrics.failure.labels(*self._labels, reason).inc()

@@ -1,0 +1,114 @@
+"""Test helpers: build model repositories, start a real `modelport serve` process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import onnx
+
+from modelport.examples import onnx_models
+
+MODELPORT = Path(sys.executable).with_name("modelport")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def add_model(
+    repo: Path, name: str, model: onnx.ModelProto | bytes, version: int = 1, config: str = ""
+) -> Path:
+    version_dir = repo / name / str(version)
+    version_dir.mkdir(parents=True, exist_ok=True)
+    path = version_dir / "model.onnx"
+    path.write_bytes(model if isinstance(model, bytes) else model.SerializeToString())
+    if config:
+        (repo / name / "config.yaml").write_text(config)
+    return path
+
+
+def standard_repository(repo: Path) -> Path:
+    """The models most e2e tests use."""
+    add_model(repo, "add_sub", onnx_models.add_sub("FP32", 16))
+    add_model(repo, "mlp", onnx_models.mlp((64, 256, 256, 10), seed=1))
+    add_model(
+        repo,
+        "mlp",
+        onnx_models.mlp((64, 256, 256, 10), seed=2),
+        version=2,
+        config="version_policy: all\n",
+    )
+    add_model(repo, "text_lower", onnx_models.text_lower())
+    return repo
+
+
+class Server:
+    def __init__(self, process: subprocess.Popen[bytes], http_port: int, log: Path) -> None:
+        self.process = process
+        self.http_port = http_port
+        self.url = f"127.0.0.1:{http_port}"
+        self.base = f"http://{self.url}"
+        self.log = log
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+def wait_ready(server: Server, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise RuntimeError(f"modelport exited early:\n{server.log_text()}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{server.base}/v2/health/ready", timeout=1).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"modelport not ready after {timeout}s:\n{server.log_text()}")
+
+
+@contextlib.contextmanager
+def run_server(repo: Path | None, log: Path, *args: str) -> Iterator[Server]:
+    port = free_port()
+    command = [
+        str(MODELPORT),
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--http-port",
+        str(port),
+        "--grpc-port",
+        str(free_port()),
+        *args,
+    ]
+    if repo is not None:
+        command += ["--model-repository", str(repo)]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            command, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"}
+        )
+    server = Server(process, port, log)
+    try:
+        wait_ready(server)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
