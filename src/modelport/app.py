@@ -57,6 +57,10 @@ def build(settings: ServerSettings) -> Application:
             )
         else:
             log.info("serving the model repository %s", settings.repository)
+        log.info(
+            "gRPC port %d is reserved; the v2 gRPC endpoint is not served by this version",
+            settings.grpc_port,
+        )
         loading = asyncio.create_task(server.start(), name="modelport-initial-load")
         loading.add_done_callback(_report_loaded)
         try:
