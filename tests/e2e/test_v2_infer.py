@@ -151,3 +151,43 @@ def test_statistics_count_inferences(client: triton.InferenceServerClient) -> No
     assert after_inferences == before_inferences + 5
     all_stats = client.get_inference_statistics()["model_stats"]
     assert {(s["name"], s["version"]) for s in all_stats} >= {("mlp", "1"), ("mlp", "2")}
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests_and_responses(
+    client: triton.InferenceServerClient, standard_repo: Path, algorithm: str
+) -> None:
+    batch = np.random.default_rng(5).standard_normal((64, 64)).astype(np.float32)
+    tensor = triton.InferInput("input", list(batch.shape), "FP32")
+    tensor.set_data_from_numpy(batch)
+    result = client.infer(
+        "mlp",
+        [tensor],
+        request_compression_algorithm=algorithm,
+        response_compression_algorithm=algorithm,
+    )
+    (expected,) = reference(standard_repo, "mlp", 2, {"input": batch})
+    np.testing.assert_allclose(result.as_numpy("output"), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_repository_index_ready_filter(server: Server) -> None:
+    import httpx
+
+    everything = httpx.post(f"{server.base}/v2/repository/index").json()
+    ready = httpx.post(f"{server.base}/v2/repository/index", json={"ready": True}).json()
+    assert ready == [row for row in everything if row["state"] == "READY"]
+    assert httpx.post(f"{server.base}/v2/repository/index", content=b"[").status_code == 400
+
+
+def test_large_responses_are_compressed_when_accepted(server: Server) -> None:
+    import httpx
+
+    body = {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [64, 64], "data": [0.25] * 4096}]
+    }
+    url = f"{server.base}/v2/models/mlp/infer"
+    packed = httpx.post(url, json=body, headers={"Accept-Encoding": "gzip"})
+    plain = httpx.post(url, json=body, headers={"Accept-Encoding": "identity"})
+    assert packed.headers["content-encoding"] == "gzip"
+    assert "content-encoding" not in plain.headers
+    assert packed.json() == plain.json()

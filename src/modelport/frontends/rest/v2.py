@@ -9,9 +9,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from modelport.core.errors import InvalidInput, ModelportError, PayloadTooLarge
+from modelport.core.errors import ErrorKind, InvalidInput, ModelportError, PayloadTooLarge
 from modelport.core.server import InferenceServer
 from modelport.frontends.rest import triton
+from modelport.frontends.rest.compression import choose_encoding, decode_body, encode_body
 from modelport.frontends.rest.v2_codec import (
     HEADER_LENGTH,
     decode_request,
@@ -20,6 +21,8 @@ from modelport.frontends.rest.v2_codec import (
 )
 
 JSON = "application/json"
+MIN_COMPRESSED_BYTES = 1024
+"""Smaller responses go out uncompressed even when the client accepts gzip: no gain, only CPU."""
 
 
 def json_response(content: object, status: int = 200) -> Response:
@@ -95,7 +98,7 @@ class V2Endpoints:
         try:
             self.server.model(name, version)
         except ModelportError as exc:
-            if exc.kind.value == "not_found":
+            if exc.kind is ErrorKind.NOT_FOUND:
                 raise
             return json_response({"name": name, "ready": False, "error": exc.message}, 400)
         return json_response({"name": name, "ready": True})
@@ -109,7 +112,12 @@ class V2Endpoints:
         return json_response({"model_stats": self.server.statistics(name, version)})
 
     async def repository_index(self, request: Request) -> Response:
-        return json_response(self.server.manager.index())
+        body = await read_body(request, 64 * 1024)
+        options = _json_object(body) if body.strip() else {}
+        rows = self.server.manager.index()
+        if options.get("ready") is True:
+            rows = [row for row in rows if row["state"] == "READY"]
+        return json_response(rows)
 
     async def infer(self, request: Request) -> Response:
         started = time.perf_counter_ns()
@@ -118,6 +126,9 @@ class V2Endpoints:
         assert entry.guard is not None
         try:
             body = await read_body(request, self.max_request_bytes)
+            body = decode_body(
+                body, request.headers.get("content-encoding"), self.max_request_bytes
+            )
             header_length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
             infer_request, output_format = decode_request(
                 body, header_length, entry.guard, name, version
@@ -127,13 +138,25 @@ class V2Endpoints:
             raise
         response = await self.server.infer(infer_request, entry)
         payload, json_length = encode_response(response, output_format)
-        if json_length is None:
-            return Response(payload, media_type=JSON)
-        return Response(
-            payload,
-            media_type="application/octet-stream",
-            headers={"Inference-Header-Content-Length": str(json_length)},
-        )
+        headers = {}
+        if json_length is not None:
+            headers["Inference-Header-Content-Length"] = str(json_length)
+        encoding = choose_encoding(request.headers.get("accept-encoding"))
+        if encoding is not None and len(payload) >= MIN_COMPRESSED_BYTES:
+            payload = encode_body(payload, encoding)
+            headers["Content-Encoding"] = encoding
+        media_type = JSON if json_length is None else "application/octet-stream"
+        return Response(payload, media_type=media_type, headers=headers)
+
+
+def _json_object(body: bytes) -> dict:
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON in the request body: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidInput("the request body must be a JSON object")
+    return value
 
 
 def _model_params(request: Request) -> tuple[str | None, str | None]:
