@@ -18,6 +18,7 @@ from modelport.frontends.rest.v2_codec import (
     decode_request,
     encode_response,
     parse_header_length,
+    parse_json_object,
 )
 
 JSON = "application/json"
@@ -113,7 +114,7 @@ class V2Endpoints:
 
     async def repository_index(self, request: Request) -> Response:
         body = await read_body(request, 64 * 1024)
-        options = _json_object(body) if body.strip() else {}
+        options = parse_json_object(body) if body.strip() else {}
         rows = self.server.manager.index()
         if options.get("ready") is True:
             rows = [row for row in rows if row["state"] == "READY"]
@@ -147,16 +148,6 @@ class V2Endpoints:
             headers["Content-Encoding"] = encoding
         media_type = JSON if json_length is None else "application/octet-stream"
         return Response(payload, media_type=media_type, headers=headers)
-
-
-def _json_object(body: bytes) -> dict:
-    try:
-        value = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON in the request body: {exc}") from None
-    if not isinstance(value, dict):
-        raise InvalidInput("the request body must be a JSON object")
-    return value
 
 
 def _model_params(request: Request) -> tuple[str | None, str | None]:

@@ -55,7 +55,7 @@ def decode_request(
         header, binary = body, memoryview(b"")
     else:
         header, binary = body[:header_length], memoryview(body)[header_length:]
-    document = _parse_json(header)
+    document = parse_json_object(header)
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput("'id' must be a string")
@@ -76,7 +76,7 @@ def decode_request(
     return request, output_format
 
 
-def _parse_json(header: bytes) -> dict[str, Any]:
+def parse_json_object(header: bytes) -> dict[str, Any]:
     try:
         document = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
