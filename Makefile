@@ -7,7 +7,7 @@ GRPC_PORT ?= 8001
 HOST ?= 127.0.0.1
 SERVE_ARGS ?=
 
-.PHONY: serve test lint format examples bench clean
+.PHONY: serve test lint format examples proto bench clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "modelport needs Python 3.11+"'
@@ -40,7 +40,11 @@ format: $(VENV)/.installed-dev
 examples: $(VENV)/.installed
 	$(BIN)/python scripts/make_examples.py
 
+proto: $(VENV)/.installed-dev
+	bash scripts/gen_grpc.sh
+
 bench: $(VENV)/.installed-dev
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	bash benchmarks/setup_loadgen.sh
 	$(BIN)/python benchmarks/serving_http.py
 

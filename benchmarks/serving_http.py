@@ -133,6 +133,7 @@ class Meta:
     warmup: float
     concurrency: list[int]
     model: str
+    git: str = "unknown"
     server_args: list[str] = field(default_factory=list)
 
 
@@ -161,6 +162,31 @@ def tool_version(cmd: Sequence[str], pattern: str) -> str:
         return "unknown"
     m = re.search(pattern, out.stdout + out.stderr)
     return m.group(1) if m else "unknown"
+
+
+def git_state() -> str:
+    """Commit of the checkout, plus how many files under src/ differ from it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    n = len(dirty)
+    return f"{head} ({n} file{'' if n == 1 else 's'} under src/ modified)" if n else head
 
 
 def percentiles_ms(latencies_s: np.ndarray) -> tuple[float, float]:
@@ -630,6 +656,7 @@ def markdown(meta: Meta, points: Sequence[Point], ceiling: Point, notes: Sequenc
         f"- machine: {meta.machine}, CPU: {meta.cpu_model}, cores: {meta.cores}",
         f"- python {meta.python}, onnxruntime {meta.onnxruntime}, modelport {meta.modelport}, "
         f"numpy {meta.numpy}",
+        f"- modelport checkout: {meta.git}",
         f"- load generators: perf_analyzer {meta.perf_analyzer}, wrk {meta.wrk}",
         f"- model: {meta.model}; batch 1 per request; {meta.seconds:g} s per point after a "
         f"{meta.warmup:g} s warm-up; concurrency {', '.join(map(str, meta.concurrency))}",
@@ -798,6 +825,7 @@ def run(a: argparse.Namespace) -> int:
         onnxruntime=vers["onnxruntime"],
         modelport=vers["modelport"],
         numpy=vers["numpy"],
+        git=git_state(),
         perf_analyzer=pa_version,
         wrk=wrk_version,
         seconds=a.seconds,

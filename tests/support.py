@@ -54,10 +54,14 @@ def standard_repository(repo: Path) -> Path:
 
 
 class Server:
-    def __init__(self, process: subprocess.Popen[bytes], http_port: int, log: Path) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes], http_port: int, grpc_port: int, log: Path
+    ) -> None:
         self.process = process
         self.http_port = http_port
+        self.grpc_port = grpc_port
         self.url = f"127.0.0.1:{http_port}"
+        self.grpc_url = f"127.0.0.1:{grpc_port}"
         self.base = f"http://{self.url}"
         self.log = log
 
@@ -82,7 +86,7 @@ def wait_ready(server: Server, timeout: float = 30.0) -> None:
 
 @contextlib.contextmanager
 def run_server(repo: Path | None, log: Path, *args: str) -> Iterator[Server]:
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     command = [
         str(MODELPORT),
         "serve",
@@ -91,7 +95,7 @@ def run_server(repo: Path | None, log: Path, *args: str) -> Iterator[Server]:
         "--http-port",
         str(port),
         "--grpc-port",
-        str(free_port()),
+        str(grpc_port),
         *args,
     ]
     if repo is not None:
@@ -100,7 +104,7 @@ def run_server(repo: Path | None, log: Path, *args: str) -> Iterator[Server]:
         process = subprocess.Popen(
             command, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"}
         )
-    server = Server(process, port, log)
+    server = Server(process, port, grpc_port, log)
     try:
         wait_ready(server)
         yield server

@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 from modelport.core.manager import ModelManager
 from modelport.core.server import InferenceServer
 from modelport.core.validate import Limits
+from modelport.frontends.grpc.server import create_server as create_grpc_server
 from modelport.frontends.rest import create_app
 from modelport.observability.metrics import Metrics
 from modelport.repository import LocalRepository
@@ -57,16 +58,18 @@ def build(settings: ServerSettings) -> Application:
             )
         else:
             log.info("serving the model repository %s", settings.repository)
-        log.info(
-            "gRPC port %d is reserved; the v2 gRPC endpoint is not served by this version",
-            settings.grpc_port,
+        grpc_server = create_grpc_server(
+            server, settings.host, settings.grpc_port, max_message_bytes=settings.max_request_bytes
         )
+        await grpc_server.start()
+        log.info("v2 gRPC on %s:%d", settings.host, settings.grpc_port)
         loading = asyncio.create_task(server.start(), name="modelport-initial-load")
         loading.add_done_callback(_report_loaded)
         try:
             yield
         finally:
             loading.cancel()
+            await grpc_server.stop(grace=5)
             server.close()
             executor.shutdown(wait=False, cancel_futures=True)
 

@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from modelport.core.errors import ErrorKind, InvalidInput, ModelportError, PayloadTooLarge
 from modelport.core.server import InferenceServer
-from modelport.frontends.rest import triton
+from modelport.frontends import triton_config
 from modelport.frontends.rest.compression import choose_encoding, decode_body, encode_body
 from modelport.frontends.rest.v2_codec import (
     HEADER_LENGTH,
@@ -106,7 +106,7 @@ class V2Endpoints:
 
     async def model_config(self, request: Request) -> Response:
         name, version = _model_params(request)
-        return json_response(triton.model_config(self.server.model(name, version)))
+        return json_response(triton_config.model_config(self.server.model(name, version)))
 
     async def statistics(self, request: Request) -> Response:
         name, version = _model_params(request)

@@ -8,7 +8,6 @@ numpy views of the body without a copy.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,9 +17,9 @@ import orjson
 from modelport.core.errors import InferenceFailed, InvalidInput
 from modelport.core.types import DataType, InferRequest, InferResponse
 from modelport.core.validate import InputGuard, element_count
+from modelport.frontends.raw_tensors import from_raw, to_raw
 
 HEADER_LENGTH = "inference-header-content-length"
-_LENGTH_PREFIX = struct.Struct("<I")
 
 
 @dataclass(slots=True)
@@ -123,7 +122,7 @@ def _decode_inputs(items: object, binary: memoryview, guard: InputGuard) -> dict
                 )
             chunk = binary[offset : offset + size]
             offset += size
-            arrays[name] = _from_binary(name, spec.datatype, shape, chunk)
+            arrays[name] = from_raw(name, spec.datatype, shape, chunk)
         else:
             if "data" not in item:
                 raise InvalidInput(f"input '{name}' has neither 'data' nor binary_data_size")
@@ -135,42 +134,6 @@ def _decode_inputs(items: object, binary: memoryview, guard: InputGuard) -> dict
         )
     guard.check_complete(arrays)
     return arrays
-
-
-def _from_binary(
-    name: str, datatype: DataType, shape: tuple[int, ...], chunk: memoryview
-) -> np.ndarray:
-    count = element_count(shape)
-    if datatype is DataType.BYTES:
-        return _bytes_elements(name, chunk, count).reshape(shape)
-    expected = count * datatype.itemsize
-    if len(chunk) != expected:
-        raise InvalidInput(
-            f"input '{name}': {len(chunk)} bytes of binary data, but shape {list(shape)} of "
-            f"{datatype.value} needs {expected}"
-        )
-    return np.frombuffer(chunk, dtype=datatype.numpy_dtype).reshape(shape)
-
-
-def _bytes_elements(name: str, chunk: memoryview, count: int) -> np.ndarray:
-    out = np.empty(count, dtype=object)
-    position, end = 0, len(chunk)
-    for index in range(count):
-        if position + 4 > end:
-            raise InvalidInput(f"input '{name}': BYTES data ends before element {index}")
-        (length,) = _LENGTH_PREFIX.unpack_from(chunk, position)
-        position += 4
-        if position + length > end:
-            raise InvalidInput(
-                f"input '{name}': BYTES element {index} claims {length} bytes past the end"
-            )
-        out[index] = bytes(chunk[position : position + length])
-        position += length
-    if position != end:
-        raise InvalidInput(
-            f"input '{name}': {end - position} bytes left over after {count} BYTES elements"
-        )
-    return out
 
 
 def _from_json(name: str, datatype: DataType, shape: tuple[int, ...], data: object) -> np.ndarray:
@@ -275,7 +238,7 @@ def encode_response(
         datatype = _datatype(name, array)
         entry: dict[str, Any] = {"name": name, "datatype": datatype.value, "shape": array.shape}
         if output_format.is_binary(name):
-            blob = _to_binary(array, datatype)
+            blob = to_raw(array, datatype)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
@@ -299,17 +262,6 @@ def _datatype(name: str, array: np.ndarray) -> DataType:
         return DataType.from_numpy(array.dtype)
     except ValueError as exc:
         raise InferenceFailed(f"output '{name}': {exc}") from None
-
-
-def _to_binary(array: np.ndarray, datatype: DataType) -> bytes:
-    if datatype is DataType.BYTES:
-        parts = []
-        for item in array.reshape(-1):
-            value = item if isinstance(item, bytes) else str(item).encode("utf-8")
-            parts.append(_LENGTH_PREFIX.pack(len(value)))
-            parts.append(value)
-        return b"".join(parts)
-    return np.ascontiguousarray(array).tobytes()
 
 
 def _to_json(name: str, array: np.ndarray, datatype: DataType) -> Any:
