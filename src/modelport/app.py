@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -42,11 +41,8 @@ def build(settings: ServerSettings) -> Application:
     metrics = Metrics()
     repository = LocalRepository(settings.repository)
     manager = ModelManager(repository, RuntimeRegistry(), metrics, limits)
-    executor = ThreadPoolExecutor(
-        max_workers=settings.inference_threads, thread_name_prefix="modelport-infer"
-    )
     server = InferenceServer(
-        manager, executor, extensions=EXTENSIONS, strict_readiness=settings.strict_readiness
+        manager, extensions=EXTENSIONS, strict_readiness=settings.strict_readiness
     )
 
     @asynccontextmanager
@@ -70,8 +66,7 @@ def build(settings: ServerSettings) -> Application:
         finally:
             loading.cancel()
             await grpc_server.stop(grace=5)
-            server.close()
-            executor.shutdown(wait=False, cancel_futures=True)
+            await server.close()
 
     http = create_app(
         server, metrics, max_request_bytes=settings.max_request_bytes, lifespan=lifespan

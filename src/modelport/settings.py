@@ -19,7 +19,6 @@ class ServerSettings(BaseSettings):
     grpc_port: int = Field(default=8001, ge=0, le=65535)
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     max_tensor_elements: int = Field(default=1 << 26, ge=1)
-    inference_threads: int = Field(default=4, ge=1)
     strict_readiness: bool = False
     log_level: str = "info"
 

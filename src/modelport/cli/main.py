@@ -39,12 +39,6 @@ def cli() -> None:
     help="Largest element count of one input tensor (default 2**26).",
 )
 @click.option(
-    "--inference-threads",
-    type=int,
-    default=None,
-    help="Threads running inference off the event loop (default 4).",
-)
-@click.option(
     "--strict-readiness/--no-strict-readiness",
     default=None,
     help="Report not ready while any model failed to load.",

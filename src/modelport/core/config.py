@@ -96,6 +96,55 @@ class RuntimeOptions(_Strict):
     allow_spinning: bool | None = None
 
 
+_DELAY_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def parse_delay(value: object) -> float:
+    """A delay in seconds from '500us', '2ms', '0.1s', or a bare number of milliseconds."""
+    if isinstance(value, bool):
+        raise ValueError("a delay must be a number of milliseconds or a string like '2ms'")
+    if isinstance(value, int | float):
+        seconds = float(value) / 1000
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        unit = next((u for u in ("us", "ms", "s") if text.endswith(u)), None)
+        if unit is None:
+            raise ValueError(f"delay {value!r} needs a unit: us, ms or s")
+        try:
+            seconds = float(text[: -len(unit)]) * _DELAY_UNITS[unit]
+        except ValueError:
+            raise ValueError(f"delay {value!r} is not a number with a unit") from None
+    else:
+        raise ValueError("a delay must be a number of milliseconds or a string like '2ms'")
+    if not 0 <= seconds <= 60:
+        raise ValueError(f"delay {value!r} must be between 0 and 60 s")
+    return seconds
+
+
+class DynamicBatching(_Strict):
+    """Joins concurrent requests to one model version into batches (Triton's dynamic batcher)."""
+
+    max_batch_size: int | None = Field(default=None, ge=1)
+    """Largest batch the batcher forms; defaults to the model's max_batch_size."""
+    max_queue_delay: float = 0.0
+    """Seconds the oldest queued request may wait for more to join ('2ms', '500us', or ms)."""
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int | None = Field(default=None, ge=1)
+    """Requests waiting beyond this are refused at once with 503 / UNAVAILABLE."""
+
+    @field_validator("max_queue_delay", mode="before")
+    @classmethod
+    def _delay(cls, value: object) -> float:
+        return parse_delay(value)
+
+    @field_validator("preferred_batch_sizes")
+    @classmethod
+    def _positive(cls, sizes: tuple[int, ...]) -> tuple[int, ...]:
+        if any(size < 1 for size in sizes):
+            raise ValueError("preferred batch sizes must be positive")
+        return tuple(sorted(set(sizes)))
+
+
 class ModelConfig(_Strict):
     name: str | None = None
     platform: str | None = None
@@ -105,6 +154,9 @@ class ModelConfig(_Strict):
     outputs: tuple[TensorConfig, ...] = ()
     version_policy: VersionPolicy = VersionPolicy()
     runtime: RuntimeOptions = RuntimeOptions()
+    dynamic_batching: DynamicBatching | None = None
+    instance_count: int = Field(default=1, ge=1, le=64)
+    """Batches (or unbatched requests) of one version that run at once, each on its own thread."""
     parameters: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("default_model_filename")

@@ -6,12 +6,20 @@ import asyncio
 import enum
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from modelport.core.batcher import DynamicBatcher
 from modelport.core.config import ModelConfig
-from modelport.core.errors import ModelLoadError, ModelNotFound, ModelNotReady, ModelportError
+from modelport.core.errors import (
+    ConfigError,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    ModelportError,
+)
 from modelport.core.runtime import LoadedModel, Runtime
 from modelport.core.signature import ServingSignature, resolve_signature
 from modelport.core.stats import VersionStats
@@ -55,9 +63,15 @@ class RuntimeResolver(Protocol):
 
 
 class VersionRecorder(Protocol):
-    def success(self, latency_s: float, compute_s: float, batch_size: int) -> None: ...
+    def success(
+        self, latency_s: float, compute_s: float, queue_s: float, batch_size: int
+    ) -> None: ...
 
     def failure(self, latency_s: float, reason: str) -> None: ...
+
+    def execution(self, batch_size: int) -> None: ...
+
+    def in_flight(self, delta: int) -> None: ...
 
 
 class InferenceObserver(Protocol):
@@ -82,6 +96,8 @@ class ModelVersion:
     signature: ServingSignature | None = None
     guard: InputGuard | None = None
     recorder: VersionRecorder | None = None
+    batcher: DynamicBatcher | None = None
+    executor: ThreadPoolExecutor | None = None
     stats: VersionStats = field(default_factory=VersionStats)
 
     @property
@@ -149,6 +165,12 @@ class ModelManager:
         except Exception as exc:  # a runtime's own error: report it, keep serving the rest
             self._fail(entry, f"{type(exc).__name__}: {exc}")
             return
+        try:
+            signature = _apply_batching(signature, entry.config)
+        except ModelportError as exc:
+            model.close()
+            self._fail(entry, exc.message)
+            return
         entry.platform = runtime.platform
         entry.triton_platform = runtime.triton_platform
         entry.model = model
@@ -157,6 +179,7 @@ class ModelManager:
             signature.inputs, signature.outputs, signature.max_batch_size, self._limits
         )
         entry.recorder = self._observer.recorder(entry.name, entry.version_str)
+        entry.executor, entry.batcher = _scheduler(entry, model, signature)
         self._set_state(entry, ModelState.READY)
         log.info("model %s version %d is READY (%s)", entry.name, entry.version, runtime.platform)
 
@@ -230,12 +253,61 @@ class ModelManager:
         ]
         return names + [name for name in self._errors]
 
-    def close(self) -> None:
-        for entry in self.all_versions():
+    async def close(self) -> None:
+        for entry in list(self.all_versions()):
+            entry.state = ModelState.UNAVAILABLE
+            if entry.batcher is not None:
+                await entry.batcher.close()
+            if entry.executor is not None:
+                entry.executor.shutdown(wait=True)
             if entry.model is not None:
                 entry.model.close()
                 entry.model = None
-            entry.state = ModelState.UNAVAILABLE
+
+
+def _apply_batching(signature: ServingSignature, config: ModelConfig) -> ServingSignature:
+    """With dynamic batching on, requests may carry at most the batcher's max batch size."""
+    batching = config.dynamic_batching
+    if batching is None:
+        return signature
+    if signature.max_batch_size == 0:
+        raise ConfigError(
+            "dynamic_batching needs a batch dimension: every input's first dimension must be "
+            "dynamic (-1) and max_batch_size must not be 0"
+        )
+    limit = min(batching.max_batch_size or signature.max_batch_size, signature.max_batch_size)
+    return replace(signature, max_batch_size=limit)
+
+
+def _scheduler(
+    entry: ModelVersion, model: LoadedModel, signature: ServingSignature
+) -> tuple[ThreadPoolExecutor, DynamicBatcher]:
+    config = entry.config
+    batching = config.dynamic_batching
+    stats, recorder = entry.stats, entry.recorder
+    assert recorder is not None
+
+    def executed(batch_size: int, infer_ns: int) -> None:
+        stats.record_execution(batch_size=batch_size, infer_ns=infer_ns)
+        recorder.execution(batch_size)
+
+    label = f"model '{entry.name}' version {entry.version}"
+    executor = ThreadPoolExecutor(
+        max_workers=config.instance_count, thread_name_prefix=f"{entry.name}-{entry.version}"
+    )
+    batcher = DynamicBatcher(
+        label,
+        model.infer,
+        executor,
+        batched=batching is not None,
+        max_batch_size=signature.max_batch_size,
+        max_queue_delay=batching.max_queue_delay if batching else 0.0,
+        preferred_batch_sizes=batching.preferred_batch_sizes if batching else (),
+        max_queue_size=batching.max_queue_size if batching else None,
+        instances=config.instance_count,
+        on_execution=executed,
+    )
+    return executor, batcher
 
 
 def _parse_version(name: str, version: str) -> int:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from concurrent.futures import Executor
 from typing import Any
 
 import numpy as np
@@ -24,13 +22,11 @@ class InferenceServer:
     def __init__(
         self,
         manager: ModelManager,
-        executor: Executor,
         *,
         extensions: tuple[str, ...] = (),
         strict_readiness: bool = False,
     ) -> None:
         self.manager = manager
-        self._executor = executor
         self._extensions = extensions
         self._strict_readiness = strict_readiness
         self._started = False
@@ -42,9 +38,9 @@ class InferenceServer:
         if failed:
             log.warning("serving without %d model(s) that failed: %s", len(failed), failed)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self._started = False
-        self.manager.close()
+        await self.manager.close()
 
     def live(self) -> bool:
         return True
@@ -80,41 +76,30 @@ class InferenceServer:
         start = time.perf_counter_ns()
         if entry is None:
             entry = self.manager.resolve(request.model_name, request.model_version)
-        assert entry.guard is not None and entry.model is not None and entry.recorder is not None
+        guard, batcher, recorder = entry.guard, entry.batcher, entry.recorder
+        assert guard is not None and batcher is not None and recorder is not None
+        recorder.in_flight(1)
         try:
-            entry.guard.check_arrays(request.inputs)
+            guard.check_arrays(request.inputs)
             if request.outputs is not None:
-                entry.guard.check_outputs(request.outputs)
-            loop = asyncio.get_running_loop()
-            model = entry.model
-            queued = time.perf_counter_ns()
-            try:
-                outputs, infer_ns = await loop.run_in_executor(
-                    self._executor, _timed_infer, model, request.inputs, request.outputs
-                )
-            except ModelportError:
-                raise
-            except Exception as exc:
-                log.exception("model %s version %d raised", entry.name, entry.version)
-                raise InferenceFailed(
-                    f"model '{entry.name}' version {entry.version} failed: {exc}"
-                ) from exc
-            _check_outputs(entry, outputs, request.outputs)
+                guard.check_outputs(request.outputs)
+            result = await batcher.submit(request.inputs, request.outputs, request.timeout)
+            outputs = _select(entry, result.outputs, request.outputs)
         except ModelportError as exc:
-            elapsed = time.perf_counter_ns() - start
-            entry.stats.record_failure(now_ms=time.time_ns() // 1_000_000, total_ns=elapsed)
-            entry.recorder.failure(elapsed / 1e9, exc.kind.value)
+            self.record_rejected(entry, exc, start)
             raise
+        finally:
+            recorder.in_flight(-1)
         elapsed = time.perf_counter_ns() - start
         batch = _batch_size(entry, request.inputs)
         entry.stats.record_success(
             now_ms=time.time_ns() // 1_000_000,
             batch_size=batch,
             total_ns=elapsed,
-            queue_ns=max(0, elapsed - infer_ns - (queued - start)),
-            infer_ns=infer_ns,
+            queue_ns=result.queue_ns,
+            infer_ns=result.infer_ns,
         )
-        entry.recorder.success(elapsed / 1e9, infer_ns / 1e9, batch)
+        recorder.success(elapsed / 1e9, result.infer_ns / 1e9, result.queue_ns / 1e9, batch)
         return InferResponse(
             model_name=entry.name,
             model_version=entry.version_str,
@@ -141,22 +126,16 @@ class InferenceServer:
         return [entry.stats.as_triton(entry.name, entry.version_str) for entry in entries]
 
 
-def _timed_infer(
-    model: Any, inputs: dict[str, np.ndarray], outputs: tuple[str, ...] | None
-) -> tuple[dict[str, np.ndarray], int]:
-    start = time.perf_counter_ns()
-    result = model.infer(inputs, outputs)
-    return result, time.perf_counter_ns() - start
-
-
-def _check_outputs(
+def _select(
     entry: ModelVersion, outputs: dict[str, np.ndarray], wanted: tuple[str, ...] | None
-) -> None:
-    missing = set(wanted or ()).difference(outputs)
+) -> dict[str, np.ndarray]:
+    """The outputs this request asked for, in its order (a shared batch may have run more)."""
+    if wanted is None:
+        return outputs
+    missing = [name for name in wanted if name not in outputs]
     if missing:
-        raise InferenceFailed(
-            f"model '{entry.name}' did not return requested output(s) {sorted(missing)}"
-        )
+        raise InferenceFailed(f"model '{entry.name}' did not return requested output(s) {missing}")
+    return {name: outputs[name] for name in wanted}
 
 
 def _batch_size(entry: ModelVersion, inputs: dict[str, np.ndarray]) -> int:

@@ -49,14 +49,18 @@ class VersionStats:
     def record_success(
         self, *, now_ms: int, batch_size: int, total_ns: int, queue_ns: int, infer_ns: int
     ) -> None:
+        """One request answered (it may have shared its execution with others)."""
         self.last_inference_ms = now_ms
         self.inference_count += batch_size
-        self.execution_count += 1
         self.success.add(total_ns)
         self.queue.add(queue_ns)
         self.compute_input.add(0)
         self.compute_infer.add(infer_ns)
         self.compute_output.add(0)
+
+    def record_execution(self, *, batch_size: int, infer_ns: int) -> None:
+        """One run of the model, on a batch of batch_size inferences."""
+        self.execution_count += 1
         batch = self.batches.get(batch_size)
         if batch is None:
             batch = self.batches[batch_size] = BatchStat(batch_size)

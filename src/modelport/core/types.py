@@ -102,6 +102,8 @@ class InferRequest:
     outputs: tuple[str, ...] | None = None
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    timeout: float | None = None
+    """Seconds the request may wait in its model's queue before it is dropped (504)."""
 
 
 @dataclass(slots=True)

@@ -37,6 +37,17 @@ def parse_shape(name: str, shape: object) -> tuple[int, ...]:
     return tuple(dims)
 
 
+def timeout_from_microseconds(value: object) -> float | None:
+    """The v2 `timeout` request parameter (microseconds, Triton's unit) in seconds; 0 means none."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInput(
+            f"parameter 'timeout' must be a non-negative integer (microseconds), got {value!r}"
+        )
+    return value / 1e6 if value else None
+
+
 def element_count(shape: Sequence[int]) -> int:
     return math.prod(shape)
 

@@ -38,6 +38,7 @@ LATENCY_BUCKETS = (
     5.0,
     10.0,
 )
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 STATES = ("LOADING", "READY", "UNAVAILABLE", "FAILED")
 
 
@@ -79,6 +80,26 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.queue = Histogram(
+            "modelport_queue_duration_seconds",
+            "Time requests waited in their model's queue before running.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "modelport_batch_size",
+            "Inferences per run of the model (dynamic batching joins requests).",
+            labels,
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "modelport_inflight_requests",
+            "Requests inside the server for each model version (queued or running).",
+            labels,
+            registry=self.registry,
+        )
         self.state = Gauge(
             "modelport_model_state",
             "1 for the state each model version is in, 0 for the others.",
@@ -107,12 +128,22 @@ class VersionMetrics:
         self._inferences = metrics.inferences.labels(model, version)
         self._latency = metrics.latency.labels(model, version)
         self._compute = metrics.compute.labels(model, version)
+        self._queue = metrics.queue.labels(model, version)
+        self._batch_size = metrics.batch_size.labels(model, version)
+        self._in_flight = metrics.in_flight.labels(model, version)
 
-    def success(self, latency_s: float, compute_s: float, batch_size: int) -> None:
+    def success(self, latency_s: float, compute_s: float, queue_s: float, batch_size: int) -> None:
         self._success.inc()
         self._inferences.inc(batch_size)
         self._latency.observe(latency_s)
         self._compute.observe(compute_s)
+        self._queue.observe(queue_s)
+
+    def execution(self, batch_size: int) -> None:
+        self._batch_size.observe(batch_size)
+
+    def in_flight(self, delta: int) -> None:
+        self._in_flight.inc(delta)
 
     def failure(self, latency_s: float, reason: str) -> None:
         self._metrics.failure.labels(*self._labels, reason).inc()

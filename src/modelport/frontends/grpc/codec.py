@@ -9,7 +9,7 @@ from google.protobuf import json_format
 
 from modelport.core.errors import InvalidInput
 from modelport.core.types import DataType, InferRequest, InferResponse
-from modelport.core.validate import InputGuard, element_count
+from modelport.core.validate import InputGuard, element_count, timeout_from_microseconds
 from modelport.frontends.grpc.generated import inference_pb2 as pb
 from modelport.frontends.raw_tensors import from_raw, to_raw
 
@@ -55,13 +55,15 @@ def decode_request(
     wanted = tuple(dict.fromkeys(output.name for output in message.outputs)) or None
     if wanted is not None:
         guard.check_outputs(wanted)
+    parameters = _parameters(message.parameters)
     return InferRequest(
         model_name=model,
         model_version=version,
         inputs=arrays,
         outputs=wanted,
         id=message.id or None,
-        parameters=_parameters(message.parameters),
+        parameters=parameters,
+        timeout=timeout_from_microseconds(parameters.get("timeout")),
     )
 
 

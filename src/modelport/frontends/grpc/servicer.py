@@ -108,15 +108,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: Any
     ) -> pb.ModelInferResponse:
-        return await self._infer(request)
+        return await self._infer(request, context.time_remaining())
 
-    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def _infer(
+        self, request: pb.ModelInferRequest, deadline: float | None = None
+    ) -> pb.ModelInferResponse:
         started = time.perf_counter_ns()
         version = request.model_version or None
         entry = self.server.model(request.model_name, version)
         assert entry.guard is not None
         try:
             infer_request = codec.decode_request(request, entry.guard, request.model_name, version)
+            if deadline is not None:
+                infer_request.timeout = min(deadline, infer_request.timeout or deadline)
         except ModelportError as exc:
             self.server.record_rejected(entry, exc, started)
             raise

@@ -16,7 +16,7 @@ import orjson
 
 from modelport.core.errors import InferenceFailed, InvalidInput
 from modelport.core.types import DataType, InferRequest, InferResponse
-from modelport.core.validate import InputGuard, element_count
+from modelport.core.validate import InputGuard, element_count, timeout_from_microseconds
 from modelport.frontends.raw_tensors import from_raw, to_raw
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -71,6 +71,7 @@ def decode_request(
         outputs=wanted,
         id=request_id,
         parameters=parameters,
+        timeout=timeout_from_microseconds(parameters.get("timeout")),
     )
     return request, output_format
 

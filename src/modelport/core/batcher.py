@@ -1,0 +1,285 @@
+"""The per-version scheduler: a queue, Triton-style dynamic batching, and instance concurrency.
+
+Every request to a model version goes through its DynamicBatcher. Requests whose inputs agree on
+every dimension but the first are joined along dimension 0 into one run of the model (never mixing
+shapes), and the outputs are split back. A batch is dispatched as soon as it is full, as soon as it
+reaches the largest preferred size it can, or when its oldest request has waited max_queue_delay.
+At most `instances` batches run at once, each on a worker thread; while all are busy the queue
+grows, so batches get bigger exactly when the model is the bottleneck. A model without batching
+has max_batch_size 1 here: each request runs alone, with the same queue limit and timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from modelport.core.errors import (
+    DeadlineExceeded,
+    InferenceFailed,
+    ModelNotReady,
+    ModelportError,
+    ServerBusy,
+)
+
+log = logging.getLogger("modelport.batcher")
+
+Arrays = dict[str, np.ndarray]
+RunBatch = Callable[[Arrays, tuple[str, ...] | None], Arrays]
+ExecutionHook = Callable[[int, int], None]
+"""Called after each run of the model with (batch size, compute ns)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    outputs: Arrays
+    queue_ns: int
+    infer_ns: int
+
+
+@dataclass(eq=False, slots=True)
+class _Pending:
+    inputs: Arrays
+    outputs: tuple[str, ...] | None
+    key: tuple[object, ...]
+    size: int
+    future: asyncio.Future[BatchResult]
+    enqueued_ns: int = field(default_factory=time.perf_counter_ns)
+    dispatched: bool = False
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        label: str,
+        run: RunBatch,
+        executor: Executor,
+        *,
+        batched: bool,
+        max_batch_size: int = 1,
+        max_queue_delay: float = 0.0,
+        preferred_batch_sizes: tuple[int, ...] = (),
+        max_queue_size: int | None = None,
+        instances: int = 1,
+        on_execution: ExecutionHook | None = None,
+    ) -> None:
+        self._label = label
+        self._run = run
+        self._executor = executor
+        self._batched = batched
+        self._max = max_batch_size if batched else 1
+        self._delay_ns = int(max_queue_delay * 1e9) if batched else 0
+        self._preferred = sorted(size for size in preferred_batch_sizes if size <= self._max)
+        self._max_queue = max_queue_size
+        self._on_execution = on_execution
+        self._instances = asyncio.Semaphore(instances)
+        self._queue: deque[_Pending] = deque()
+        self._arrived = asyncio.Event()
+        self._scheduler: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def submit(
+        self, inputs: Arrays, outputs: tuple[str, ...] | None, timeout: float | None = None
+    ) -> BatchResult:
+        if self._closed:
+            raise ModelNotReady(f"{self._label} is unloading")
+        if self._max_queue is not None and len(self._queue) >= self._max_queue:
+            raise ServerBusy(f"{self._label}: the queue is full ({self._max_queue} requests)")
+        loop = asyncio.get_running_loop()
+        pending = _Pending(
+            inputs,
+            outputs,
+            _shape_key(inputs),
+            _batch_size(inputs, self._batched),
+            loop.create_future(),
+        )
+        self._queue.append(pending)
+        self._arrived.set()
+        if self._scheduler is None:
+            self._scheduler = loop.create_task(self._schedule(), name=f"batcher {self._label}")
+        timer = None
+        if timeout is not None:
+            timer = loop.call_later(timeout, self._expire, pending, timeout)
+        try:
+            return await pending.future
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if not pending.dispatched and pending in self._queue:
+                self._queue.remove(pending)  # the caller went away while it was queued
+
+    def _expire(self, pending: _Pending, timeout: float) -> None:
+        if pending.dispatched or pending.future.done():
+            return
+        with contextlib.suppress(ValueError):
+            self._queue.remove(pending)
+        pending.future.set_exception(
+            DeadlineExceeded(f"{self._label}: timed out after {timeout * 1000:g} ms in the queue")
+        )
+
+    async def _schedule(self) -> None:
+        while not self._closed:
+            if not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            await self._instances.acquire()
+            try:
+                limit = await self._batch_limit()
+                batch = self._take(limit)
+            except BaseException:
+                self._instances.release()
+                raise
+            if not batch:
+                self._instances.release()
+                continue
+            task = asyncio.get_running_loop().create_task(self._execute(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _batch_limit(self) -> int:
+        """Wait until the batch at the head of the queue should go; return its size limit."""
+        while True:
+            self._drop_finished()
+            if not self._queue:
+                return self._max
+            head = self._queue[0]
+            available = sum(p.size for p in self._queue if p.key == head.key)
+            if available >= self._max:
+                return self._max
+            reachable = [size for size in self._preferred if size <= available]
+            if reachable:
+                return reachable[-1]
+            remaining_ns = head.enqueued_ns + self._delay_ns - time.perf_counter_ns()
+            if remaining_ns <= 0:
+                return self._max
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining_ns / 1e9)
+            except TimeoutError:
+                return self._max
+
+    def _drop_finished(self) -> None:
+        while self._queue and self._queue[0].future.done():
+            self._queue.popleft()
+
+    def _take(self, limit: int) -> list[_Pending]:
+        self._drop_finished()
+        if not self._queue:
+            return []
+        key = self._queue[0].key
+        batch, total = [], 0
+        for pending in self._queue:
+            if pending.key != key or pending.future.done() or total + pending.size > limit:
+                continue
+            batch.append(pending)
+            total += pending.size
+            if total == limit:
+                break
+        for pending in batch:
+            pending.dispatched = True
+            self._queue.remove(pending)
+        return batch
+
+    async def _execute(self, batch: list[_Pending]) -> None:
+        try:
+            live = [p for p in batch if not p.future.done()]
+            if not live:
+                return
+            started = time.perf_counter_ns()
+            inputs = _concatenate([p.inputs for p in live])
+            wanted = _union([p.outputs for p in live])
+            loop = asyncio.get_running_loop()
+            outputs, infer_ns = await loop.run_in_executor(
+                self._executor, _timed, self._run, inputs, wanted
+            )
+            sizes = [p.size for p in live]
+            parts = _split(self._label, outputs, sizes) if len(live) > 1 else [outputs]
+            if self._on_execution is not None:
+                self._on_execution(sum(sizes), infer_ns)
+            for pending, part in zip(live, parts, strict=True):
+                if not pending.future.done():
+                    result = BatchResult(part, started - pending.enqueued_ns, infer_ns)
+                    pending.future.set_result(result)
+        except ModelportError as exc:
+            _fail(batch, exc)
+        except Exception as exc:
+            log.exception("%s raised while running a batch of %d", self._label, len(batch))
+            _fail(batch, InferenceFailed(f"{self._label} failed: {exc}"))
+        finally:
+            self._instances.release()
+
+    async def close(self) -> None:
+        """Refuse new requests, let running batches finish, fail what is still queued."""
+        self._closed = True
+        if self._scheduler is not None:
+            self._scheduler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._scheduler
+        _fail(list(self._queue), ModelNotReady(f"{self._label} was unloaded"))
+        self._queue.clear()
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+
+def _timed(run: RunBatch, inputs: Arrays, outputs: tuple[str, ...] | None) -> tuple[Arrays, int]:
+    start = time.perf_counter_ns()
+    result = run(inputs, outputs)
+    return result, time.perf_counter_ns() - start
+
+
+def _shape_key(inputs: Arrays) -> tuple[object, ...]:
+    return tuple((name, array.dtype.str, array.shape[1:]) for name, array in sorted(inputs.items()))
+
+
+def _batch_size(inputs: Arrays, batched: bool) -> int:
+    if not batched:
+        return 1
+    return int(next(iter(inputs.values())).shape[0])
+
+
+def _concatenate(parts: list[Arrays]) -> Arrays:
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+def _union(wanted: list[tuple[str, ...] | None]) -> tuple[str, ...] | None:
+    if any(names is None for names in wanted):
+        return None
+    return tuple(dict.fromkeys(name for names in wanted for name in names or ()))
+
+
+def _split(label: str, outputs: Arrays, sizes: list[int]) -> list[Arrays]:
+    total = sum(sizes)
+    for name, array in outputs.items():
+        if array.ndim == 0 or array.shape[0] != total:
+            raise InferenceFailed(
+                f"{label}: output '{name}' has shape {list(array.shape)}, which does not split "
+                f"back into a batch of {total}"
+            )
+    bounds = np.cumsum([0, *sizes])
+    return [
+        {name: array[start:end] for name, array in outputs.items()}
+        for start, end in itertools.pairwise(bounds)
+    ]
+
+
+def _fail(batch: list[_Pending], error: ModelportError) -> None:
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(error)

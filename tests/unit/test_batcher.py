@@ -1,0 +1,203 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+
+from modelport.core.batcher import DynamicBatcher
+from modelport.core.errors import DeadlineExceeded, InferenceFailed, ModelNotReady, ServerBusy
+
+
+class Recorder:
+    """A model that doubles its input and records every batch it was given."""
+
+    def __init__(self, delay: float = 0.0, gate: threading.Event | None = None) -> None:
+        self.batches: list[int] = []
+        self.delay = delay
+        self.gate = gate
+
+    def __call__(self, inputs: dict[str, np.ndarray], outputs: Any) -> dict[str, np.ndarray]:
+        if self.gate is not None:
+            self.gate.wait(5)
+        time.sleep(self.delay)
+        x = inputs["x"]
+        self.batches.append(x.shape[0])
+        return {"y": x * 2, "n": np.full((x.shape[0],), x.shape[0])}
+
+
+def make(run: Recorder, **options: Any) -> DynamicBatcher:
+    executions: list[tuple[int, int]] = []
+    options.setdefault("batched", True)
+    batcher = DynamicBatcher(
+        "test model",
+        run,
+        ThreadPoolExecutor(max_workers=options.get("instances", 1)),
+        on_execution=lambda size, ns: executions.append((size, ns)),
+        **options,
+    )
+    batcher.executions = executions  # type: ignore[attr-defined]
+    return batcher
+
+
+def rows(value: float, count: int, width: int = 3) -> dict[str, np.ndarray]:
+    return {"x": np.full((count, width), value, dtype=np.float32)}
+
+
+def test_concurrent_requests_share_a_run_and_get_their_own_rows() -> None:
+    async def main() -> None:
+        run = Recorder()
+        batcher = make(run, max_batch_size=64, max_queue_delay=0.05)
+        sizes = [1, 2, 3, 1, 4, 1, 2]
+        results = await asyncio.gather(
+            *(batcher.submit(rows(i, size), None) for i, size in enumerate(sizes))
+        )
+        for i, (size, result) in enumerate(zip(sizes, results, strict=True)):
+            np.testing.assert_array_equal(result.outputs["y"], np.full((size, 3), 2 * i))
+        assert run.batches == [sum(sizes)]
+        assert batcher.executions[0][0] == sum(sizes)  # type: ignore[attr-defined]
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_shapes_that_differ_beyond_the_batch_dim_are_never_mixed() -> None:
+    async def main() -> None:
+        run = Recorder()
+        batcher = make(run, max_batch_size=64, max_queue_delay=0.05)
+        results = await asyncio.gather(
+            batcher.submit(rows(1, 2, width=3), None),
+            batcher.submit(rows(2, 1, width=5), None),
+            batcher.submit(rows(3, 1, width=3), None),
+        )
+        assert sorted(run.batches) == [1, 3]
+        assert results[1].outputs["y"].shape == (1, 5)
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_max_batch_size_caps_each_run() -> None:
+    async def main() -> None:
+        run = Recorder()
+        batcher = make(run, max_batch_size=4, max_queue_delay=0.05)
+        await asyncio.gather(*(batcher.submit(rows(i, 1), None) for i in range(10)))
+        assert run.batches == [4, 4, 2]
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_preferred_size_dispatches_without_waiting_for_the_delay() -> None:
+    async def main() -> None:
+        run = Recorder()
+        batcher = make(run, max_batch_size=64, max_queue_delay=5.0, preferred_batch_sizes=(4,))
+        started = time.perf_counter()
+        await asyncio.gather(*(batcher.submit(rows(i, 1), None) for i in range(4)))
+        assert time.perf_counter() - started < 2.5
+        assert run.batches == [4]
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_unbatched_models_run_each_request_alone() -> None:
+    async def main() -> None:
+        run = Recorder()
+        batcher = make(run, batched=False, max_batch_size=64)
+        await asyncio.gather(*(batcher.submit(rows(i, 2), None) for i in range(3)))
+        assert run.batches == [2, 2, 2]
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_full_queue_refuses_at_once_and_timeouts_drop_queued_requests() -> None:
+    async def main() -> None:
+        gate = threading.Event()
+        run = Recorder(gate=gate)
+        batcher = make(run, max_batch_size=1, max_queue_size=2)
+        first = asyncio.ensure_future(batcher.submit(rows(0, 1), None))
+        await asyncio.sleep(0.05)  # the first request is now running, blocked on the gate
+        queued = asyncio.ensure_future(batcher.submit(rows(1, 1), None))
+        expiring = asyncio.ensure_future(batcher.submit(rows(2, 1), None, timeout=0.05))
+        await asyncio.sleep(0.01)
+        with pytest.raises(ServerBusy, match="queue is full"):
+            await batcher.submit(rows(3, 1), None)
+        with pytest.raises(DeadlineExceeded, match="timed out after 50 ms"):
+            await expiring
+        gate.set()
+        assert (await first).outputs["y"][0, 0] == 0
+        assert (await queued).outputs["y"][0, 0] == 2
+        assert run.batches == [1, 1]  # the expired request never ran
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_cancelled_callers_leave_the_queue() -> None:
+    async def main() -> None:
+        gate = threading.Event()
+        run = Recorder(gate=gate)
+        batcher = make(run, max_batch_size=1)
+        first = asyncio.ensure_future(batcher.submit(rows(0, 1), None))
+        await asyncio.sleep(0.05)
+        gone = asyncio.ensure_future(batcher.submit(rows(1, 1), None))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        await asyncio.sleep(0.01)
+        assert batcher.queued == 0
+        gate.set()
+        await first
+        assert run.batches == [1]
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_outputs_that_do_not_split_fail_every_member() -> None:
+    def broken(inputs: dict[str, np.ndarray], outputs: Any) -> dict[str, np.ndarray]:
+        return {"y": np.zeros((1,), np.float32)}
+
+    async def main() -> None:
+        batcher = DynamicBatcher(
+            "broken",
+            broken,
+            ThreadPoolExecutor(1),
+            batched=True,
+            max_batch_size=8,
+            max_queue_delay=0.05,
+        )
+        results = await asyncio.gather(
+            *(batcher.submit(rows(i, 1), None) for i in range(3)), return_exceptions=True
+        )
+        assert all(isinstance(r, InferenceFailed) for r in results)
+        assert "does not split back into a batch of 3" in str(results[0])
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_close_fails_what_is_queued_and_refuses_new_requests() -> None:
+    async def main() -> None:
+        gate = threading.Event()
+        batcher = make(Recorder(gate=gate), max_batch_size=1)
+        running = asyncio.ensure_future(batcher.submit(rows(0, 1), None))
+        await asyncio.sleep(0.05)
+        queued = asyncio.ensure_future(batcher.submit(rows(1, 1), None))
+        await asyncio.sleep(0.01)
+        closing = asyncio.ensure_future(batcher.close())
+        await asyncio.sleep(0.01)
+        gate.set()
+        await closing
+        assert (await running).outputs["y"].shape == (1, 3)
+        with pytest.raises(ModelNotReady, match="unloaded"):
+            await queued
+        with pytest.raises(ModelNotReady, match="unloading"):
+            await batcher.submit(rows(2, 1), None)
+
+    asyncio.run(main())
