@@ -81,3 +81,20 @@ def test_nested_and_flat_json_agree(typed_server: Server) -> None:
 
 def test_repository_path_is_used(typed_server: Server, tmp_path: Path) -> None:
     assert "serving the model repository" in typed_server.log_text()
+
+
+def test_grpc_typed_uint64_contents_are_exact(typed_server: Server) -> None:
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    values = [2**64 - 1, 2**63 + 1, 2**53 + 1, 3]
+    request = service_pb2.ModelInferRequest(model_name="id_uint64")
+    tensor = request.inputs.add(name="x", datatype="UINT64", shape=[1, 4])
+    tensor.contents.uint64_contents.extend(values)
+    with grpc.insecure_channel(typed_server.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        response = stub.ModelInfer(request)
+        assert np.frombuffer(response.raw_output_contents[0], np.uint64).tolist() == values
+        request.raw_input_contents.append(np.array(values, np.uint64).tobytes())
+        with pytest.raises(grpc.RpcError, match="use one or the other"):
+            stub.ModelInfer(request)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from modelport.core.batcher import DynamicBatcher
-from modelport.core.errors import DeadlineExceeded, InferenceFailed, ModelNotReady, ServerBusy
+from modelport.core.errors import DeadlineExceeded, InvalidInput, ModelNotReady, ServerBusy
 
 
 class Recorder:
@@ -159,8 +159,11 @@ def test_cancelled_callers_leave_the_queue() -> None:
     asyncio.run(main())
 
 
-def test_outputs_that_do_not_split_fail_every_member() -> None:
+def test_outputs_that_do_not_split_make_each_member_run_alone() -> None:
+    calls: list[int] = []
+
     def broken(inputs: dict[str, np.ndarray], outputs: Any) -> dict[str, np.ndarray]:
+        calls.append(inputs["x"].shape[0])
         return {"y": np.zeros((1,), np.float32)}
 
     async def main() -> None:
@@ -172,11 +175,38 @@ def test_outputs_that_do_not_split_fail_every_member() -> None:
             max_batch_size=8,
             max_queue_delay=0.05,
         )
-        results = await asyncio.gather(
-            *(batcher.submit(rows(i, 1), None) for i in range(3)), return_exceptions=True
+        results = await asyncio.gather(*(batcher.submit(rows(i, 1), None) for i in range(3)))
+        assert calls == [3, 1, 1, 1]
+        assert all(r.outputs["y"].shape == (1,) for r in results)
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_one_bad_member_does_not_fail_the_others() -> None:
+    def picky(inputs: dict[str, np.ndarray], outputs: Any) -> dict[str, np.ndarray]:
+        if (inputs["x"] < 0).any():
+            raise InvalidInput("negative values are not allowed")
+        return {"y": inputs["x"] * 2}
+
+    async def main() -> None:
+        batcher = DynamicBatcher(
+            "picky",
+            picky,
+            ThreadPoolExecutor(1),
+            batched=True,
+            max_batch_size=8,
+            max_queue_delay=0.05,
         )
-        assert all(isinstance(r, InferenceFailed) for r in results)
-        assert "does not split back into a batch of 3" in str(results[0])
+        good, bad, other = await asyncio.gather(
+            batcher.submit(rows(1, 2), None),
+            batcher.submit(rows(-1, 1), None),
+            batcher.submit(rows(3, 1), None),
+            return_exceptions=True,
+        )
+        assert isinstance(bad, InvalidInput)
+        np.testing.assert_array_equal(good.outputs["y"], np.full((2, 3), 2))
+        np.testing.assert_array_equal(other.outputs["y"], np.full((1, 3), 6))
         await batcher.close()
 
     asyncio.run(main())

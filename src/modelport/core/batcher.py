@@ -215,13 +215,33 @@ class DynamicBatcher:
                 if not pending.future.done():
                     result = BatchResult(part, started - pending.enqueued_ns, infer_ns)
                     pending.future.set_result(result)
-        except ModelportError as exc:
-            _fail(batch, exc)
         except Exception as exc:
-            log.exception("%s raised while running a batch of %d", self._label, len(batch))
-            _fail(batch, InferenceFailed(f"{self._label} failed: {exc}"))
+            live = [p for p in batch if not p.future.done()]
+            if len(live) > 1:
+                # One member's bad data must not fail the others: run each alone.
+                await self._run_each(live)
+            else:
+                _fail(live, _as_error(self._label, exc))
         finally:
             self._instances.release()
+
+    async def _run_each(self, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        for pending in batch:
+            started = time.perf_counter_ns()
+            try:
+                outputs, infer_ns = await loop.run_in_executor(
+                    self._executor, _timed, self._run, pending.inputs, pending.outputs
+                )
+            except Exception as exc:
+                _fail([pending], _as_error(self._label, exc))
+                continue
+            if self._on_execution is not None:
+                self._on_execution(pending.size, infer_ns)
+            if not pending.future.done():
+                pending.future.set_result(
+                    BatchResult(outputs, started - pending.enqueued_ns, infer_ns)
+                )
 
     async def close(self) -> None:
         """Refuse new requests, let running batches finish, fail what is still queued."""
@@ -277,6 +297,13 @@ def _split(label: str, outputs: Arrays, sizes: list[int]) -> list[Arrays]:
         {name: array[start:end] for name, array in outputs.items()}
         for start, end in itertools.pairwise(bounds)
     ]
+
+
+def _as_error(label: str, exc: Exception) -> ModelportError:
+    if isinstance(exc, ModelportError):
+        return exc
+    log.error("%s raised while running", label, exc_info=exc)
+    return InferenceFailed(f"{label} failed: {exc}")
 
 
 def _fail(batch: list[_Pending], error: ModelportError) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import re
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -26,6 +27,8 @@ from modelport.core.stats import VersionStats
 from modelport.core.validate import InputGuard, Limits
 
 log = logging.getLogger("modelport.models")
+
+_VERSION = re.compile(r"[1-9][0-9]{0,17}")
 
 
 class ModelState(enum.StrEnum):
@@ -311,7 +314,7 @@ def _scheduler(
 
 
 def _parse_version(name: str, version: str) -> int:
-    if not version.isdigit() or int(version) < 1:
+    if not _VERSION.fullmatch(version):
         raise ModelNotFound(
             f"unknown version '{version}' of model '{name}' (versions are positive integers)"
         )

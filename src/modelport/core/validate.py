@@ -86,6 +86,11 @@ class InputGuard:
                 f"input '{name}': shape {list(dims)} has {elements} elements, more than the "
                 f"limit of {self.limits.max_tensor_elements}"
             )
+        if any(dim > self.limits.max_tensor_elements for dim in dims):
+            raise PayloadTooLarge(
+                f"input '{name}': a dimension of shape {list(dims)} exceeds the limit of "
+                f"{self.limits.max_tensor_elements} elements"
+            )
         return spec
 
     def _check_dims(self, spec: TensorSpec, dims: tuple[int, ...]) -> None:
@@ -96,6 +101,8 @@ class InputGuard:
             raise InvalidInput(
                 f"input '{spec.name}': shape {list(dims)} does not match the model's {expected}"
             )
+        if self.max_batch_size > 0 and dims and dims[0] == 0:
+            raise InvalidInput(f"input '{spec.name}': the batch size (first dimension) is 0")
         if self.max_batch_size > 0 and dims and dims[0] > self.max_batch_size:
             raise InvalidInput(
                 f"input '{spec.name}': batch size {dims[0]} exceeds the model's max_batch_size "

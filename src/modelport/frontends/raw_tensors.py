@@ -29,10 +29,17 @@ def from_raw(
             f"input '{name}': {len(chunk)} bytes of binary data, but shape {list(shape)} of "
             f"{datatype.value} needs {expected}"
         )
+    if datatype is DataType.BOOL and count and np.frombuffer(chunk, dtype=np.uint8).max() > 1:
+        raise InvalidInput(f"input '{name}': BOOL bytes must be 0 or 1")
     return np.frombuffer(chunk, dtype=datatype.numpy_dtype).reshape(shape)
 
 
 def bytes_elements(name: str, chunk: memoryview, count: int) -> np.ndarray:
+    if len(chunk) < 4 * count:  # each element needs its 4-byte length: refuse before allocating
+        raise InvalidInput(
+            f"input '{name}': {len(chunk)} bytes cannot hold {count} BYTES elements "
+            "(each needs a 4-byte length prefix)"
+        )
     out = np.empty(count, dtype=object)
     position, end = 0, len(chunk)
     for index in range(count):

@@ -48,6 +48,11 @@ def decode_request(
         spec = guard.check_header(name, tensor.datatype, list(tensor.shape))
         shape = tuple(tensor.shape)
         if raw:
+            if tensor.HasField("contents"):
+                raise InvalidInput(
+                    f"input '{name}' has typed contents but the request also carries "
+                    "raw_input_contents; use one or the other"
+                )
             arrays[name] = from_raw(name, spec.datatype, shape, raw[index])
         else:
             arrays[name] = _from_contents(name, spec.datatype, shape, tensor.contents)
@@ -84,7 +89,8 @@ def _from_contents(
         out = np.empty(count, dtype=object)
         out[:] = list(values)
         return out.reshape(shape)
-    wide = np.array(values, dtype=np.int64 if datatype.numpy_dtype.kind == "i" else None)
+    wide_type = {"i": np.int64, "u": np.uint64}.get(datatype.numpy_dtype.kind)
+    wide = np.array(values, dtype=wide_type)
     target = datatype.numpy_dtype
     if target.kind in "iu" and count:
         info = np.iinfo(target)

@@ -21,6 +21,10 @@ def create_server(
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(server), grpc_server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    if grpc_server.add_insecure_port(address) == 0:
+    try:
+        bound = grpc_server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise OSError(f"could not bind the gRPC port {address}: {exc}") from None
+    if bound == 0:
         raise OSError(f"could not bind the gRPC port {address}")
     return grpc_server

@@ -22,7 +22,8 @@ from modelport.frontends.status import grpc_code_name
 log = logging.getLogger("modelport.grpc")
 
 STREAM_IN_FLIGHT = 64
-"""Requests of one ModelStreamInfer stream that run at once; reading waits beyond this."""
+"""Requests of one ModelStreamInfer stream that are running or waiting to be sent back; reading
+the stream pauses beyond this, so a client that never reads cannot make the server buffer."""
 
 Reply = TypeVar("Reply")
 Handler = Callable[..., Awaitable[Reply]]
@@ -147,10 +148,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 )
             except Exception as exc:
                 log.exception("unexpected error in ModelStreamInfer")
-                reply = pb.ModelStreamInferResponse(error_message=f"internal error: {exc}")
-            finally:
-                slots.release()
-            await results.put(reply)
+                reply = pb.ModelStreamInferResponse(
+                    error_message=f"internal error: {type(exc).__name__}",
+                    infer_response=pb.ModelInferResponse(
+                        model_name=request.model_name, id=request.id
+                    ),
+                )
+            await results.put(reply)  # its slot is released once the reply has been sent
 
         async def read_all() -> None:
             tasks = set()
@@ -169,5 +173,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             while (reply := await results.get()) is not None:
                 yield reply
+                slots.release()
         finally:
             reader.cancel()

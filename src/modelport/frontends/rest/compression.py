@@ -37,6 +37,8 @@ def decode_body(body: bytes, content_encoding: str | None, limit: int) -> bytes:
                 break
         if not inflater.eof:
             raise InvalidInput(f"the {encoding} request body is truncated")
+        if inflater.unused_data:
+            raise InvalidInput(f"the {encoding} request body has data after its end")
     except zlib.error as exc:
         raise InvalidInput(f"the request body is not valid {encoding}: {exc}") from None
     return b"".join(parts)
@@ -49,9 +51,20 @@ def choose_encoding(accept_encoding: str | None) -> str | None:
     for item in accept_encoding.split(","):
         name, _, params = item.strip().partition(";")
         name = name.strip().lower()
-        if name in _WBITS and params.replace(" ", "") not in ("q=0", "q=0.0"):
+        if name in _WBITS and _quality(params) > 0:
             return name
     return None
+
+
+def _quality(params: str) -> float:
+    for param in params.split(";"):
+        key, _, value = param.strip().partition("=")
+        if key.strip().lower() == "q":
+            try:
+                return float(value)
+            except ValueError:
+                return 0.0
+    return 1.0
 
 
 def encode_body(body: bytes, encoding: str) -> bytes:

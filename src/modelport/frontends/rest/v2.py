@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import orjson
 from starlette.requests import Request
@@ -22,6 +25,9 @@ from modelport.frontends.rest.v2_codec import (
 )
 
 JSON = "application/json"
+OFF_LOOP_BYTES = 256 * 1024
+LARGE_BODIES_AT_ONCE = 2
+Result = TypeVar("Result")
 MIN_COMPRESSED_BYTES = 1024
 """Smaller responses go out uncompressed even when the client accepts gzip: no gain, only CPU."""
 
@@ -58,6 +64,17 @@ class V2Endpoints:
     def __init__(self, server: InferenceServer, max_request_bytes: int) -> None:
         self.server = server
         self.max_request_bytes = max_request_bytes
+        self._large_bodies = asyncio.Semaphore(LARGE_BODIES_AT_ONCE)
+
+    async def _off_loop_if_large(
+        self, size: int, function: Callable[..., Result], *args: Any
+    ) -> Result:
+        """Small bodies are decoded inline (a thread hop would cost more than the work); large
+        ones in a worker thread, a few at a time, so one big request cannot stall the others."""
+        if size < OFF_LOOP_BYTES:
+            return function(*args)
+        async with self._large_bodies:
+            return await asyncio.to_thread(function, *args)
 
     def routes(self) -> list[Route]:
         model = "/v2/models/{model}"
@@ -131,14 +148,17 @@ class V2Endpoints:
                 body, request.headers.get("content-encoding"), self.max_request_bytes
             )
             header_length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
-            infer_request, output_format = decode_request(
-                body, header_length, entry.guard, name, version
+            infer_request, output_format = await self._off_loop_if_large(
+                len(body), decode_request, body, header_length, entry.guard, name, version
             )
         except ModelportError as exc:
             self.server.record_rejected(entry, exc, started)
             raise
         response = await self.server.infer(infer_request, entry)
-        payload, json_length = encode_response(response, output_format)
+        size = sum(array.nbytes for array in response.outputs.values())
+        payload, json_length = await self._off_loop_if_large(
+            size, encode_response, response, output_format
+        )
         headers = {}
         if json_length is not None:
             headers["Inference-Header-Content-Length"] = str(json_length)

@@ -60,7 +60,9 @@ def decode_request(
         raise InvalidInput("'id' must be a string")
     parameters = _mapping(document.get("parameters"), "parameters")
     inputs = _decode_inputs(document.get("inputs"), binary, guard)
-    output_format = OutputFormat(binary_default=bool(parameters.get("binary_data_output", False)))
+    output_format = OutputFormat(
+        binary_default=_flag(parameters, "binary_data_output", "parameters")
+    )
     wanted = _decode_outputs(document.get("outputs"), output_format)
     if wanted is not None:
         guard.check_outputs(wanted)
@@ -211,6 +213,13 @@ def _json_strings(name: str, data: object, count: int) -> np.ndarray:
     return out
 
 
+def _flag(parameters: dict[str, Any], key: str, where: str) -> bool:
+    value = parameters.get(key, False)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{where}.{key} must be true or false, got {value!r}")
+    return value
+
+
 def _decode_outputs(items: object, output_format: OutputFormat) -> tuple[str, ...] | None:
     if items is None:
         return None
@@ -222,8 +231,10 @@ def _decode_outputs(items: object, output_format: OutputFormat) -> tuple[str, ..
             raise InvalidInput("each entry of 'outputs' needs a string 'name'")
         name = item["name"]
         parameters = _mapping(item.get("parameters"), f"outputs.{name}.parameters")
+        if "classification" in parameters:
+            raise InvalidInput(f"output '{name}': the classification extension is not supported")
         if "binary_data" in parameters:
-            output_format.binary[name] = bool(parameters["binary_data"])
+            output_format.binary[name] = _flag(parameters, "binary_data", f"outputs.{name}")
         if name not in names:
             names.append(name)
     return tuple(names)
