@@ -197,51 +197,39 @@ class DynamicBatcher:
 
     async def _execute(self, batch: list[_Pending]) -> None:
         try:
-            live = [p for p in batch if not p.future.done()]
-            if not live:
-                return
-            started = time.perf_counter_ns()
-            inputs = _concatenate([p.inputs for p in live])
-            wanted = _union([p.outputs for p in live])
-            loop = asyncio.get_running_loop()
-            outputs, infer_ns = await loop.run_in_executor(
-                self._executor, _timed, self._run, inputs, wanted
-            )
-            sizes = [p.size for p in live]
-            parts = _split(self._label, outputs, sizes) if len(live) > 1 else [outputs]
-            if self._on_execution is not None:
-                self._on_execution(sum(sizes), infer_ns)
-            for pending, part in zip(live, parts, strict=True):
-                if not pending.future.done():
-                    result = BatchResult(part, started - pending.enqueued_ns, infer_ns)
-                    pending.future.set_result(result)
+            await self._run_together([p for p in batch if not p.future.done()])
         except Exception as exc:
             live = [p for p in batch if not p.future.done()]
-            if len(live) > 1:
-                # One member's bad data must not fail the others: run each alone.
-                await self._run_each(live)
-            else:
+            if len(live) == 1:
                 _fail(live, _as_error(self._label, exc))
+            # One member's bad data must not fail the others: run each alone.
+            for pending in live if len(live) > 1 else ():
+                try:
+                    await self._run_together([pending])
+                except Exception as single:
+                    _fail([pending], _as_error(self._label, single))
         finally:
             self._instances.release()
 
-    async def _run_each(self, batch: list[_Pending]) -> None:
+    async def _run_together(self, members: list[_Pending]) -> None:
+        """One run of the model on the members' inputs joined along dim 0; each gets its rows."""
+        if not members:
+            return
+        started = time.perf_counter_ns()
+        inputs = _concatenate([p.inputs for p in members])
+        wanted = _union([p.outputs for p in members])
         loop = asyncio.get_running_loop()
-        for pending in batch:
-            started = time.perf_counter_ns()
-            try:
-                outputs, infer_ns = await loop.run_in_executor(
-                    self._executor, _timed, self._run, pending.inputs, pending.outputs
-                )
-            except Exception as exc:
-                _fail([pending], _as_error(self._label, exc))
-                continue
-            if self._on_execution is not None:
-                self._on_execution(pending.size, infer_ns)
+        outputs, infer_ns = await loop.run_in_executor(
+            self._executor, _timed, self._run, inputs, wanted
+        )
+        sizes = [p.size for p in members]
+        parts = _split(self._label, outputs, sizes) if len(members) > 1 else [outputs]
+        if self._on_execution is not None:
+            self._on_execution(sum(sizes), infer_ns)
+        for pending, part in zip(members, parts, strict=True):
             if not pending.future.done():
-                pending.future.set_result(
-                    BatchResult(outputs, started - pending.enqueued_ns, infer_ns)
-                )
+                queue_ns = started - pending.enqueued_ns
+                pending.future.set_result(BatchResult(part, queue_ns, infer_ns))
 
     async def close(self) -> None:
         """Refuse new requests, let running batches finish, fail what is still queued."""

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from modelport.__about__ import __version__
-from modelport.core.errors import InferenceFailed, InvalidInput, ModelportError
+from modelport.core.errors import InferenceFailed, ModelportError
 from modelport.core.manager import ModelManager, ModelVersion
 from modelport.core.types import InferRequest, InferResponse
 
@@ -72,17 +72,23 @@ class InferenceServer:
     async def infer(
         self, request: InferRequest, entry: ModelVersion | None = None
     ) -> InferResponse:
-        """Run one request. `entry` skips the lookup when the frontend already resolved it."""
+        """Run one request.
+
+        A frontend that resolved `entry` and decoded the request through its InputGuard passes
+        it: the lookup and the checks are then not repeated. Other callers pass only the request.
+        """
         start = time.perf_counter_ns()
+        validated = entry is not None
         if entry is None:
             entry = self.manager.resolve(request.model_name, request.model_version)
         guard, batcher, recorder = entry.guard, entry.batcher, entry.recorder
         assert guard is not None and batcher is not None and recorder is not None
         recorder.in_flight(1)
         try:
-            guard.check_arrays(request.inputs)
-            if request.outputs is not None:
-                guard.check_outputs(request.outputs)
+            if not validated:
+                guard.check_arrays(request.inputs)
+                if request.outputs is not None:
+                    guard.check_outputs(request.outputs)
             result = await batcher.submit(request.inputs, request.outputs, request.timeout)
             outputs = _select(entry, result.outputs, request.outputs)
         except ModelportError as exc:
@@ -91,7 +97,7 @@ class InferenceServer:
         finally:
             recorder.in_flight(-1)
         elapsed = time.perf_counter_ns() - start
-        batch = _batch_size(entry, request.inputs)
+        batch = _inference_count(entry, request.inputs)
         entry.stats.record_success(
             now_ms=time.time_ns() // 1_000_000,
             batch_size=batch,
@@ -138,11 +144,9 @@ def _select(
     return {name: outputs[name] for name in wanted}
 
 
-def _batch_size(entry: ModelVersion, inputs: dict[str, np.ndarray]) -> int:
+def _inference_count(entry: ModelVersion, inputs: dict[str, np.ndarray]) -> int:
+    """Rows of a batched model's request (inputs agree on it); 1 for a model without batching."""
     assert entry.signature is not None
     if entry.signature.max_batch_size == 0:
         return 1
-    first = next(iter(inputs.values()), None)
-    if first is None or first.ndim == 0:
-        raise InvalidInput("a batched model needs inputs with a batch dimension")
-    return int(first.shape[0])
+    return int(next(iter(inputs.values())).shape[0])

@@ -48,6 +48,12 @@ def timeout_from_microseconds(value: object) -> float | None:
     return value / 1e6 if value else None
 
 
+def integers_fit(values: np.ndarray, datatype: DataType) -> bool:
+    """Whether integer values lie in the datatype's range (so casting cannot wrap them)."""
+    info = np.iinfo(datatype.numpy_dtype)
+    return not values.size or (values.min() >= info.min and values.max() <= info.max)
+
+
 def element_count(shape: Sequence[int]) -> int:
     return math.prod(shape)
 
@@ -109,10 +115,17 @@ class InputGuard:
                 f"{self.max_batch_size}"
             )
 
-    def check_complete(self, names: Iterable[str]) -> None:
-        missing = set(self.inputs).difference(names)
+    def check_complete(self, arrays: dict[str, np.ndarray]) -> None:
+        """Every input is present and, for a batched model, all agree on the batch size."""
+        missing = set(self.inputs).difference(arrays)
         if missing:
             raise InvalidInput(f"missing input(s): {', '.join(sorted(missing))}")
+        if self.max_batch_size > 0:
+            batch_sizes = {array.shape[0] for array in arrays.values() if array.ndim}
+            if len(batch_sizes) > 1:
+                raise InvalidInput(
+                    f"inputs disagree on the batch size (first dimension): {sorted(batch_sizes)}"
+                )
 
     def check_outputs(self, names: Iterable[str]) -> None:
         for name in names:
@@ -123,16 +136,8 @@ class InputGuard:
     def check_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         """The full check on decoded arrays: names, datatypes, shapes, batch agreement."""
         self.check_complete(arrays)
-        batch_sizes = set()
         for name, array in arrays.items():
-            spec = self.check_header(name, _datatype_of(name, array), list(array.shape))
-            if self.max_batch_size > 0 and array.ndim:
-                batch_sizes.add(array.shape[0])
-            del spec
-        if len(batch_sizes) > 1:
-            raise InvalidInput(
-                f"inputs disagree on the batch size (first dimension): {sorted(batch_sizes)}"
-            )
+            self.check_header(name, _datatype_of(name, array), list(array.shape))
 
 
 def _datatype_of(name: str, array: np.ndarray) -> str:

@@ -9,7 +9,12 @@ from google.protobuf import json_format
 
 from modelport.core.errors import InvalidInput
 from modelport.core.types import DataType, InferRequest, InferResponse
-from modelport.core.validate import InputGuard, element_count, timeout_from_microseconds
+from modelport.core.validate import (
+    InputGuard,
+    element_count,
+    integers_fit,
+    timeout_from_microseconds,
+)
 from modelport.frontends.grpc.generated import inference_pb2 as pb
 from modelport.frontends.raw_tensors import from_raw, to_raw
 
@@ -92,10 +97,8 @@ def _from_contents(
     wide_type = {"i": np.int64, "u": np.uint64}.get(datatype.numpy_dtype.kind)
     wide = np.array(values, dtype=wide_type)
     target = datatype.numpy_dtype
-    if target.kind in "iu" and count:
-        info = np.iinfo(target)
-        if wide.min() < info.min or wide.max() > info.max:
-            raise InvalidInput(f"input '{name}': a value is out of range for {datatype.value}")
+    if target.kind in "iu" and not integers_fit(wide, datatype):
+        raise InvalidInput(f"input '{name}': a value is out of range for {datatype.value}")
     return wide.astype(target, copy=False).reshape(shape)
 
 

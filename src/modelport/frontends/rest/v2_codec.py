@@ -16,7 +16,12 @@ import orjson
 
 from modelport.core.errors import InferenceFailed, InvalidInput
 from modelport.core.types import DataType, InferRequest, InferResponse
-from modelport.core.validate import InputGuard, element_count, timeout_from_microseconds
+from modelport.core.validate import (
+    InputGuard,
+    element_count,
+    integers_fit,
+    timeout_from_microseconds,
+)
 from modelport.frontends.raw_tensors import from_raw, to_raw
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -53,7 +58,8 @@ def decode_request(
     if header_length is None:
         header, binary = body, memoryview(b"")
     else:
-        header, binary = body[:header_length], memoryview(body)[header_length:]
+        view = memoryview(body)
+        header, binary = view[:header_length], view[header_length:]
     document = parse_json_object(header)
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
@@ -78,7 +84,7 @@ def decode_request(
     return request, output_format
 
 
-def parse_json_object(header: bytes) -> dict[str, Any]:
+def parse_json_object(header: bytes | memoryview) -> dict[str, Any]:
     try:
         document = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
@@ -183,8 +189,7 @@ def _json_integers(name: str, datatype: DataType, data: object, parsed: np.ndarr
     except (OverflowError, ValueError, TypeError, FloatingPointError):
         raise InvalidInput(problem) from None
     if candidates is not None:
-        info = np.iinfo(datatype.numpy_dtype)
-        if candidates.min() < info.min or candidates.max() > info.max:
+        if not integers_fit(candidates, datatype):
             raise InvalidInput(problem)
     elif parsed.dtype.kind == "f" and not np.array_equal(parsed, converted):
         raise InvalidInput(problem)
