@@ -37,9 +37,7 @@ import os
 import platform
 import re
 import shlex
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,13 +45,23 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from rich.console import Console
+from loadgen import (
+    LOADERS,
+    REPO_ROOT,
+    BenchmarkError,
+    Point,
+    console,
+    find_tools,
+    perf_analyzer_point,
+    tool_version,
+    wrk_point,
+)
+from report import Meta, markdown, plot, rich_table
 from rich.progress import (
     BarColumn,
     Progress,
@@ -62,89 +70,25 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Table
+from server_process import HOST, Server
 
 BENCH_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
 WORK_DIR = BENCH_DIR / ".work"
 RESULTS_DIR = BENCH_DIR / "results"
-WRK_SCRIPT = BENCH_DIR / "wrk_post.lua"
-SETUP_LOADGEN = BENCH_DIR / "setup_loadgen.sh"
 
 MODEL_NAME = "mlp"
 MODEL_SIZES = (64, 256, 256, 10)
 MODEL_SEED = 0
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
-HOST = "127.0.0.1"
-
-# (load generator, tensor format) in the order they are measured and shown.
-LOADERS: tuple[tuple[str, str], ...] = (
-    ("perf_analyzer", "binary"),
-    ("perf_analyzer", "json"),
-    ("wrk", "json"),
-)
-
-console = Console(log_path=False)
-if not console.is_terminal:  # logs and CI: wide enough for the table, no wrapping
-    console = Console(log_path=False, width=120)
-
-
-class BenchmarkError(RuntimeError):
-    """A step of the benchmark failed; the message says which and why."""
 
 
 # ----------------------------------------------------------------------------------------------
 # results
 
 
-@dataclass
-class Point:
-    """One measured configuration."""
-
-    loader: str  # perf_analyzer | wrk | onnxruntime
-    fmt: str  # binary | json | in-process
-    concurrency: int
-    inf_per_s: float
-    p50_ms: float
-    p99_ms: float
-    label: str = ""  # ceiling configuration, e.g. "1 thread"
-    requests: int | None = None
-    errors: int = 0
-    ratio: float | None = None
-    raw: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Meta:
-    date: str
-    started: str
-    command: str
-    machine: str
-    cpu_model: str
-    cores: int
-    python: str
-    onnxruntime: str
-    modelport: str
-    numpy: str
-    perf_analyzer: str
-    wrk: str
-    seconds: float
-    warmup: float
-    concurrency: list[int]
-    model: str
-    git: str = "unknown"
-    server_args: list[str] = field(default_factory=list)
-
-
 # ----------------------------------------------------------------------------------------------
 # small helpers
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_model() -> str:
@@ -153,15 +97,6 @@ def cpu_model() -> str:
             if line.lower().startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown"
-
-
-def tool_version(cmd: Sequence[str], pattern: str) -> str:
-    try:
-        out = subprocess.run(list(cmd), capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    m = re.search(pattern, out.stdout + out.stderr)
-    return m.group(1) if m else "unknown"
 
 
 def git_state() -> str:
@@ -217,209 +152,6 @@ def v2_json_body(x: np.ndarray) -> bytes:
 
 # ----------------------------------------------------------------------------------------------
 # load generators
-
-
-@dataclass
-class Tools:
-    perf_analyzer: Path
-    perf_ld_library_path: str
-    wrk: Path
-
-
-def find_tools(perf_analyzer: str | None) -> Tools:
-    """perf_analyzer and wrk; runs setup_loadgen.sh (idempotent) when either is missing."""
-    loadgen_dir = Path(os.environ.get("LOADGEN_DIR", Path.home() / ".cache/modelport-loadgen"))
-    pa = Path(perf_analyzer) if perf_analyzer else loadgen_dir / "perf_analyzer"
-    wrk = shutil.which("wrk")
-    ld = ""
-    if not (pa.is_file() and os.access(pa, os.X_OK)) or wrk is None:
-        console.log(
-            f"running {SETUP_LOADGEN.relative_to(REPO_ROOT)} to install the load generators"
-        )
-        out = subprocess.run(
-            ["bash", str(SETUP_LOADGEN)], capture_output=True, text=True, timeout=900
-        )
-        if out.returncode != 0:
-            raise BenchmarkError(
-                f"setup_loadgen.sh failed ({out.returncode}):\n{out.stderr[-2000:]}"
-            )
-        values = dict(
-            line.split("=", 1)
-            for line in out.stdout.splitlines()
-            if "=" in line and line[:1].isupper()
-        )
-        if not perf_analyzer:
-            # The wrapper sets LD_LIBRARY_PATH; fall back to the binary plus the printed path.
-            pa = loadgen_dir / "perf_analyzer"
-            if not pa.is_file():
-                pa = Path(values["PERF_ANALYZER"])
-                ld = values.get("PERF_LD_LIBRARY_PATH", "")
-        wrk = shutil.which("wrk")
-    if wrk is None:
-        raise BenchmarkError("wrk not found on PATH after setup_loadgen.sh")
-    if not pa.is_file():
-        raise BenchmarkError(f"perf_analyzer not found at {pa}")
-    return Tools(perf_analyzer=pa, perf_ld_library_path=ld, wrk=Path(wrk))
-
-
-def run_bounded(
-    cmd: Sequence[str],
-    *,
-    log: Path,
-    expected_s: float,
-    timeout_s: float,
-    progress: Progress,
-    task: TaskID,
-    env: dict[str, str] | None = None,
-) -> tuple[int, str]:
-    """Run cmd with stdout+stderr to log, advancing task with time; kill it after timeout_s."""
-    with log.open("w") as out:
-        out.write(f"$ {shlex.join(cmd)}\n")
-        out.flush()
-        proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, env=env)
-        t0 = time.monotonic()
-        try:
-            while proc.poll() is None:
-                elapsed = time.monotonic() - t0
-                progress.update(task, completed=min(elapsed, expected_s))
-                if elapsed > timeout_s:
-                    proc.kill()
-                    proc.wait()
-                    raise BenchmarkError(
-                        f"{Path(cmd[0]).name} ran past {timeout_s:.0f} s and was killed (log {log})"
-                    )
-                time.sleep(0.1)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        progress.update(task, completed=expected_s)
-    return int(proc.returncode), log.read_text()
-
-
-def perf_analyzer_point(
-    tools: Tools,
-    port: int,
-    fmt: str,
-    concurrency: int,
-    seconds: float,
-    *,
-    log: Path,
-    progress: Progress,
-    task: TaskID,
-) -> Point:
-    csv = log.with_suffix(".csv")
-    csv.unlink(missing_ok=True)
-    window_ms = max(100, int(seconds * 1000 / 3))
-    cmd = [
-        str(tools.perf_analyzer),
-        "-m",
-        MODEL_NAME,
-        "-u",
-        f"{HOST}:{port}",
-        "-i",
-        "http",
-        "-b",
-        "1",
-        "--concurrency-range",
-        f"{concurrency}:{concurrency}",
-        "--measurement-interval",
-        str(window_ms),
-        "-s",
-        "999",
-        "-r",
-        "3",
-        "--input-tensor-format",
-        fmt,
-        "--output-tensor-format",
-        fmt,
-        "-f",
-        str(csv),
-    ]
-    env = dict(os.environ)
-    if tools.perf_ld_library_path:
-        env["LD_LIBRARY_PATH"] = ":".join(
-            p for p in (tools.perf_ld_library_path, env.get("LD_LIBRARY_PATH", "")) if p
-        )
-    rc, text = run_bounded(
-        cmd,
-        log=log,
-        expected_s=seconds,
-        timeout_s=seconds * 4 + 60,
-        progress=progress,
-        task=task,
-        env=env,
-    )
-    if rc != 0 or not csv.is_file():
-        raise BenchmarkError(
-            f"perf_analyzer ({fmt}, concurrency {concurrency}) exited {rc}; output:\n{text[-3000:]}"
-        )
-    header, values = csv.read_text().splitlines()[:2]
-    row = dict(zip(header.split(","), values.split(","), strict=True))
-    count = re.findall(r"Request count: (\d+)", text)
-    return Point(
-        loader="perf_analyzer",
-        fmt=fmt,
-        concurrency=concurrency,
-        inf_per_s=float(row["Inferences/Second"]),
-        p50_ms=float(row["p50 latency"]) / 1e3,
-        p99_ms=float(row["p99 latency"]) / 1e3,
-        requests=int(count[-1]) if count else None,
-        raw={"csv": row, "command": shlex.join(cmd)},
-    )
-
-
-def wrk_point(
-    tools: Tools,
-    url: str,
-    body_file: Path,
-    concurrency: int,
-    seconds: float,
-    *,
-    log: Path,
-    progress: Progress,
-    task: TaskID,
-) -> Point:
-    duration = max(1, round(seconds))  # wrk takes whole seconds
-    cmd = [
-        str(tools.wrk),
-        f"-t{min(2, concurrency)}",
-        f"-c{concurrency}",
-        f"-d{duration}s",
-        "--timeout",
-        "10s",
-        "-s",
-        str(WRK_SCRIPT),
-        url,
-    ]
-    env = dict(os.environ, BODY_FILE=str(body_file))
-    rc, text = run_bounded(
-        cmd,
-        log=log,
-        expected_s=duration,
-        timeout_s=duration + 30,
-        progress=progress,
-        task=task,
-        env=env,
-    )
-    lines = [ln for ln in text.splitlines() if ln.startswith("WRK_RESULT ")]
-    if rc != 0 or not lines:
-        raise BenchmarkError(
-            f"wrk (concurrency {concurrency}) exited {rc}; output:\n{text[-3000:]}"
-        )
-    r: dict[str, Any] = json.loads(lines[-1].removeprefix("WRK_RESULT "))
-    errors = sum(int(v) for k, v in r.items() if k.startswith("err_"))
-    return Point(
-        loader="wrk",
-        fmt="json",
-        concurrency=concurrency,
-        inf_per_s=r["requests"] / (r["duration_us"] / 1e6),
-        p50_ms=r["p50_us"] / 1e3,
-        p99_ms=r["p99_us"] / 1e3,
-        requests=int(r["requests"]),
-        errors=errors,
-        raw={"wrk": r, "command": shlex.join(cmd)},
-    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -487,94 +219,6 @@ def ceiling_point(
 # server
 
 
-class Server:
-    """modelport serve as a child process; stopped by its PID."""
-
-    def __init__(self, repo: Path, log: Path, extra_args: Sequence[str]) -> None:
-        self.http_port = free_port()
-        self.grpc_port = free_port()
-        while self.grpc_port == self.http_port:
-            self.grpc_port = free_port()
-        exe = Path(sys.executable).with_name("modelport")
-        self.cmd = [
-            str(exe) if exe.is_file() else "modelport",
-            "serve",
-            "--model-repository",
-            str(repo),
-            "--http-port",
-            str(self.http_port),
-            "--grpc-port",
-            str(self.grpc_port),
-            "--host",
-            HOST,
-            *extra_args,
-        ]
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.base = f"http://{HOST}:{self.http_port}"
-
-    def start(self) -> None:
-        with self.log.open("w") as out:
-            out.write(f"$ {shlex.join(self.cmd)}\n")
-            out.flush()
-            # Own session: a Ctrl-C in the terminal reaches only us; we stop the server ourselves.
-            self.proc = subprocess.Popen(
-                self.cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, n: int = 30) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log.read_text().splitlines()[-n:])
-        return ""
-
-    def wait_ready(self, timeout_s: float) -> float:
-        t0 = time.monotonic()
-        last = "no answer yet"
-        while time.monotonic() - t0 < timeout_s:
-            if not self.alive():
-                assert self.proc is not None
-                raise BenchmarkError(
-                    f"server exited with {self.proc.returncode} before it was ready:\n"
-                    f"{self.log_tail()}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.base}/v2/health/ready", timeout=2) as r:
-                    if r.status == 200:
-                        return time.monotonic() - t0
-                    last = f"HTTP {r.status}"
-            except urllib.error.HTTPError as e:
-                last = f"HTTP {e.code}"
-            except (OSError, urllib.error.URLError) as e:
-                last = str(e)
-            time.sleep(0.2)
-        raise BenchmarkError(
-            f"server not ready after {timeout_s:.0f} s ({last}):\n{self.log_tail()}"
-        )
-
-    def stop(self) -> int | None:
-        """SIGTERM the PID, wait up to 15 s, then SIGKILL. Returns the exit status."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        return self.proc.returncode
-
-
 def check_answer(server: Server, body: bytes, expected: np.ndarray) -> float:
     """POST the JSON body once; fail unless the output matches expected. Returns max |diff|."""
     req = urllib.request.Request(
@@ -611,130 +255,6 @@ def check_answer(server: Server, body: bytes, expected: np.ndarray) -> float:
 
 # ----------------------------------------------------------------------------------------------
 # output
-
-
-def fmt_num(v: float | None, digits: int) -> str:
-    return "-" if v is None else f"{v:,.{digits}f}"
-
-
-def table_rows(points: Sequence[Point]) -> list[list[str]]:
-    rows = []
-    for p in points:
-        fmt = p.fmt if not p.label else f"{p.fmt} ({p.label})"
-        conc = str(p.concurrency) if p.loader != "onnxruntime" else "1 (loop)"
-        rows.append(
-            [
-                p.loader,
-                fmt,
-                conc,
-                fmt_num(p.inf_per_s, 0),
-                fmt_num(p.p50_ms, 3),
-                fmt_num(p.p99_ms, 3),
-                fmt_num(p.ratio, 3),
-            ]
-        )
-    return rows
-
-
-HEADERS = ["load generator", "format", "concurrency", "inf/s", "p50 ms", "p99 ms", "ratio"]
-
-
-def rich_table(points: Sequence[Point], title: str) -> Table:
-    t = Table(title=title)
-    for i, h in enumerate(HEADERS):
-        t.add_column(h, justify="left" if i < 2 else "right")
-    for row in table_rows(points):
-        t.add_row(*row)
-    return t
-
-
-def markdown(meta: Meta, points: Sequence[Point], ceiling: Point, notes: Sequence[str]) -> str:
-    lines = [
-        f"# modelport HTTP serving benchmark, {meta.date}",
-        "",
-        f"- date: {meta.started}",
-        f"- machine: {meta.machine}, CPU: {meta.cpu_model}, cores: {meta.cores}",
-        f"- python {meta.python}, onnxruntime {meta.onnxruntime}, modelport {meta.modelport}, "
-        f"numpy {meta.numpy}",
-        f"- modelport checkout: {meta.git}",
-        f"- load generators: perf_analyzer {meta.perf_analyzer}, wrk {meta.wrk}",
-        f"- model: {meta.model}; batch 1 per request; {meta.seconds:g} s per point after a "
-        f"{meta.warmup:g} s warm-up; concurrency {', '.join(map(str, meta.concurrency))}",
-        f"- server: `modelport serve {' '.join(meta.server_args)}` (127.0.0.1, default settings)",
-        f"- command: `{meta.command}`",
-        "",
-        f"ratio = inf/s divided by the in-process ceiling, the better of the two onnxruntime "
-        f"loops ({ceiling.label}, {ceiling.inf_per_s:,.0f} inf/s). Server and load generator "
-        "share the same cores.",
-        "",
-        "| " + " | ".join(HEADERS) + " |",
-        "|" + "|".join(["---"] * 2 + ["---:"] * (len(HEADERS) - 2)) + "|",
-    ]
-    lines += ["| " + " | ".join(r) + " |" for r in table_rows(points)]
-    if notes:
-        lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
-    lines += [
-        "",
-        "Method: perf_analyzer runs three windows of seconds/3 (`-s 999 -r 3`, merged); wrk runs "
-        "min(2, c) threads and c connections posting one fixed v2 JSON body "
-        "(`benchmarks/wrk_post.lua`); the ceiling times each `session.run` call on the same "
-        "[1, 64] input (1 thread: intra_op=1, inter_op=1, sequential; ORT defaults: no session "
-        "options). Every point starts with a warm-up of the same load generator.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def plot(points: Sequence[Point], ceilings: Sequence[Point], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    served = [p for p in points if p.loader != "onnxruntime"]
-    concs = sorted({p.concurrency for p in served})
-    series = [(lo, f) for lo, f in LOADERS if any(p.loader == lo and p.fmt == f for p in served)]
-    width = 0.8 / max(1, len(series))
-    xs = np.arange(len(concs))
-    fig, (ax_t, ax_l) = plt.subplots(1, 2, figsize=(12, 4.8))
-    for i, (lo, f) in enumerate(series):
-        by_c = {p.concurrency: p for p in served if p.loader == lo and p.fmt == f}
-        off = xs + (i - (len(series) - 1) / 2) * width
-        thr = [by_c[c].inf_per_s if c in by_c else 0.0 for c in concs]
-        p99 = [by_c[c].p99_ms if c in by_c else 0.0 for c in concs]
-        label = f"{lo} / {f}"
-        bars = ax_t.bar(off, thr, width, label=label)
-        ax_t.bar_label(bars, fmt="%.0f", fontsize=7)
-        bars = ax_l.bar(off, p99, width, label=label)
-        ax_l.bar_label(bars, fmt="%.2f", fontsize=7)
-    styles = ["--", ":"]
-    for j, c in enumerate(ceilings):
-        ax_t.axhline(
-            c.inf_per_s,
-            color="black",
-            linestyle=styles[j % 2],
-            linewidth=1,
-            label=f"in-process ORT, {c.label}: {c.inf_per_s:,.0f} inf/s",
-        )
-        ax_l.axhline(
-            c.p99_ms,
-            color="black",
-            linestyle=styles[j % 2],
-            linewidth=1,
-            label=f"in-process ORT, {c.label}: p99 {c.p99_ms:.3f} ms",
-        )
-    for ax, ylabel in ((ax_t, "throughput (inferences/s)"), (ax_l, "p99 latency (ms)")):
-        ax.set_xticks(xs, [f"concurrency {c}" for c in concs])
-        ax.set_ylabel(ylabel)
-        ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=7)
-    ax_t.set_yscale("log")
-    ax_t.set_title("throughput (log scale; higher is better)")
-    ax_l.set_title("p99 latency (lower is better)")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -906,6 +426,8 @@ def run(a: argparse.Namespace) -> int:
                                 fmt,
                                 conc,
                                 secs,
+                                model=MODEL_NAME,
+                                host=HOST,
                                 log=log,
                                 progress=progress,
                                 task=step,
