@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,12 +18,13 @@ from modelport.frontends.grpc.server import create_server as create_grpc_server
 from modelport.frontends.rest import create_app
 from modelport.observability.metrics import Metrics
 from modelport.repository import LocalRepository
+from modelport.repository.poller import RepositoryPoller
 from modelport.runtimes import RuntimeRegistry
 from modelport.settings import ServerSettings
 
 log = logging.getLogger("modelport")
 
-EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics")
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics", "model_repository")
 
 
 @dataclass(slots=True)
@@ -42,7 +44,16 @@ def build(settings: ServerSettings) -> Application:
     repository = LocalRepository(settings.repository)
     manager = ModelManager(repository, RuntimeRegistry(), metrics, limits)
     server = InferenceServer(
-        manager, extensions=EXTENSIONS, strict_readiness=settings.strict_readiness
+        manager,
+        extensions=EXTENSIONS,
+        strict_readiness=settings.strict_readiness,
+        model_control=settings.model_control_mode,
+        startup_models=settings.startup_models(),
+    )
+    poller = (
+        RepositoryPoller(repository, manager, settings.repository_poll_secs)
+        if settings.model_control_mode == "poll"
+        else None
     )
 
     @asynccontextmanager
@@ -59,12 +70,14 @@ def build(settings: ServerSettings) -> Application:
         )
         await grpc_server.start()
         log.info("v2 gRPC on %s:%d", settings.host, settings.grpc_port)
-        loading = asyncio.create_task(server.start(), name="modelport-initial-load")
+        loading = asyncio.create_task(_start(server, poller), name="modelport-start")
         loading.add_done_callback(_report_loaded)
         try:
             yield
         finally:
             loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loading
             await grpc_server.stop(grace=5)
             await server.close()
 
@@ -74,11 +87,20 @@ def build(settings: ServerSettings) -> Application:
     return Application(settings, server, metrics, http)
 
 
+async def _start(server: InferenceServer, poller: RepositoryPoller | None) -> None:
+    """Load the repository, then (in poll mode) follow it until the server stops."""
+    if poller is not None:
+        await poller.snapshot()
+    await server.start()
+    log.info("the initial load has finished; the server is ready")
+    if poller is not None:
+        log.info("polling the model repository every %g s", poller.interval)
+        await poller.run()
+
+
 def _report_loaded(task: asyncio.Task[None]) -> None:
     if task.cancelled():
         return
     error = task.exception()
     if error is not None:
         log.critical("loading the model repository failed", exc_info=error)
-    else:
-        log.info("all models loaded; the server is ready")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +22,15 @@ class ServerSettings(BaseSettings):
     max_tensor_elements: int = Field(default=1 << 26, ge=1)
     strict_readiness: bool = False
     log_level: str = "info"
+    model_control_mode: Literal["none", "poll", "explicit"] = "none"
+    repository_poll_secs: float = Field(default=5.0, gt=0, le=3600)
+    load_model: tuple[str, ...] = ()
+    """Models to load at start in explicit mode ("*" for all); other modes load everything."""
+
+    def startup_models(self) -> tuple[str, ...]:
+        if self.model_control_mode != "explicit":
+            return ("*",)
+        return self.load_model
 
     @property
     def repository(self) -> Path:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from modelport.core.errors import InvalidInput, ModelNotFound, PayloadTooLarge
-from modelport.core.manager import _parse_version
+from modelport.core.manager import ModelRecord, _version_number
 from modelport.core.types import DataType, TensorSpec
 from modelport.core.validate import InputGuard, Limits
 from modelport.frontends.raw_tensors import from_raw
@@ -31,7 +31,7 @@ def test_raw_bool_bytes_must_be_zero_or_one() -> None:
 @pytest.mark.parametrize("version", ["\u00b2", "\u0661", "01", "9" * 5000, "-1", "0", ""])
 def test_odd_version_strings_are_not_found(version: str) -> None:
     with pytest.raises(ModelNotFound, match="positive integers"):
-        _parse_version("m", version)
+        _version_number(ModelRecord("m"), version)
 
 
 def guard(max_batch: int = 8) -> InputGuard:

@@ -44,6 +44,25 @@ def cli() -> None:
     help="Report not ready while any model failed to load.",
 )
 @click.option(
+    "--model-control-mode",
+    type=click.Choice(["none", "poll", "explicit"]),
+    default=None,
+    help="none: load the repository once (default); poll: follow changes on disk; "
+    "explicit: load and unload only through the API.",
+)
+@click.option(
+    "--repository-poll-secs",
+    type=float,
+    default=None,
+    help="Seconds between looks at the repository in poll mode (default 5).",
+)
+@click.option(
+    "--load-model",
+    "load_model",
+    multiple=True,
+    help="In explicit mode, a model to load at start (repeatable; '*' loads all).",
+)
+@click.option(
     "--log-level",
     default=None,
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
@@ -56,7 +75,8 @@ def serve(**options: object) -> None:
     from modelport.observability.logging import configure
     from modelport.settings import ServerSettings
 
-    settings = ServerSettings(**{k: v for k, v in options.items() if v is not None})
+    given = {k: v for k, v in options.items() if v is not None and v != ()}
+    settings = ServerSettings(**given)
     configure(settings.log_level)
     application = build(settings)
     uvicorn.run(

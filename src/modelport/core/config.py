@@ -6,11 +6,24 @@ Shapes are written in v2 terms: the batch dimension included, -1 for a dimension
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from modelport.core.types import DataType, TensorSpec
+
+LABEL = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+
+MAX_CONFIG_BYTES = 1 << 20
 
 DEFAULT_MAX_BATCH_SIZE = 1024
 """Largest batch a request may carry when the model's first dimension is dynamic and the config
@@ -158,6 +171,35 @@ class ModelConfig(_Strict):
     instance_count: int = Field(default=1, ge=1, le=64)
     """Batches (or unbatched requests) of one version that run at once, each on its own thread."""
     parameters: dict[str, Any] = Field(default_factory=dict)
+    labels: dict[str, int] = Field(default_factory=dict)
+    """Names for versions (`stable: 3`); a request may name a label where it names a version."""
+    traffic: dict[int, float] = Field(default_factory=dict)
+    """How requests that name no version are split between versions, by weight (`{3: 90, 4: 10}`).
+    Without it they go to the newest ready version."""
+
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, labels: dict[str, int]) -> dict[str, int]:
+        for label, version in labels.items():
+            if not LABEL.fullmatch(label):
+                raise ValueError(
+                    f"label {label!r} must start with a letter and hold only letters, digits, "
+                    "'-' and '_' (a label never looks like a version number)"
+                )
+            if version < 1:
+                raise ValueError(f"label {label!r} points at version {version}; versions are >= 1")
+        return labels
+
+    @field_validator("traffic")
+    @classmethod
+    def _weights(cls, traffic: dict[int, float]) -> dict[int, float]:
+        if any(version < 1 for version in traffic):
+            raise ValueError("traffic names versions, which are positive integers")
+        if any(weight < 0 for weight in traffic.values()):
+            raise ValueError("traffic weights must not be negative")
+        if traffic and sum(traffic.values()) <= 0:
+            raise ValueError("traffic weights must not all be 0")
+        return traffic
 
     @field_validator("default_model_filename")
     @classmethod
@@ -173,3 +215,30 @@ class ModelConfig(_Strict):
             if len(names) != len(set(names)):
                 raise ValueError(f"duplicate {kind} names in {names}")
         return self
+
+
+def parse_config(text: str, name: str, source: str = "the config") -> ModelConfig:
+    """A model config from YAML (or JSON, which YAML reads too); ValueError names the problem."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ValueError(f"{source} is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{source} is not valid YAML or JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source} must be a mapping, not {type(raw).__name__}")
+    raw.setdefault("name", name)
+    if raw["name"] != name:
+        raise ValueError(f"{source} names the model '{raw['name']}' but it is loaded as '{name}'")
+    try:
+        return ModelConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ValueError(f"invalid {source}: {_summarize(exc)}") from None
+
+
+def _summarize(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(item) for item in error["loc"]) or "(top level)"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)

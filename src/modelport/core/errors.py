@@ -14,6 +14,7 @@ class ErrorKind(enum.Enum):
     TOO_LARGE = "too_large"
     UNAVAILABLE = "unavailable"
     TIMEOUT = "timeout"
+    PRECONDITION = "precondition"
     INTERNAL = "internal"
 
 
@@ -55,6 +56,19 @@ class ServerBusy(ModelportError):
 
 class DeadlineExceeded(ModelportError):
     kind = ErrorKind.TIMEOUT
+
+
+class NotAllowed(ModelportError):
+    """The request is valid but the server's mode forbids it (e.g. loading models while the
+    repository is polled)."""
+
+    kind = ErrorKind.PRECONDITION
+
+
+class LoadFailed(ModelportError):
+    """A model control request asked for a model that could not be loaded."""
+
+    kind = ErrorKind.INVALID_INPUT
 
 
 class InferenceFailed(ModelportError):

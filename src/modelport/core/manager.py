@@ -1,41 +1,43 @@
-"""ModelManager: which model versions exist, their states, and loading them through runtimes."""
+"""ModelManager: which model versions serve, how requests pick one, and changing them live.
+
+Changing what serves follows two rules. A version starts taking requests only once it is READY,
+and an old one stops only after its replacement is; retired versions drain before they close.
+A failed load never shrinks what serves: the versions that were READY keep serving.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
+import random
 import re
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from modelport.core.batcher import DynamicBatcher
 from modelport.core.config import ModelConfig
 from modelport.core.errors import (
-    ConfigError,
+    LoadFailed,
     ModelLoadError,
     ModelNotFound,
     ModelNotReady,
     ModelportError,
 )
-from modelport.core.runtime import LoadedModel, Runtime
-from modelport.core.signature import ServingSignature, resolve_signature
-from modelport.core.stats import VersionStats
+from modelport.core.runtime import Runtime
+from modelport.core.signature import resolve_signature
 from modelport.core.validate import InputGuard, Limits
+from modelport.core.versions import (
+    ModelState,
+    ModelVersion,
+    VersionRecorder,
+    apply_batching,
+    build_scheduler,
+)
 
 log = logging.getLogger("modelport.models")
 
 _VERSION = re.compile(r"[1-9][0-9]{0,17}")
-
-
-class ModelState(enum.StrEnum):
-    LOADING = "LOADING"
-    READY = "READY"
-    UNAVAILABLE = "UNAVAILABLE"
-    FAILED = "FAILED"
 
 
 @dataclass(slots=True)
@@ -46,7 +48,9 @@ class ModelDefinition:
     config: ModelConfig
     versions: dict[int, Path]
     error: str | None = None
-    """Set when the model's directory or config is unusable; every version is then FAILED."""
+    """Set when the model's directory or config is unusable; nothing new is then loaded."""
+    fingerprints: dict[int, str] = field(default_factory=dict)
+    """Per version, a digest of its files' names, sizes and times: a change means reload."""
 
 
 class ModelSource(Protocol):
@@ -65,18 +69,6 @@ class RuntimeResolver(Protocol):
     def runtime_for(self, version_dir: Path, config: ModelConfig) -> Runtime: ...
 
 
-class VersionRecorder(Protocol):
-    def success(
-        self, latency_s: float, compute_s: float, queue_s: float, batch_size: int
-    ) -> None: ...
-
-    def failure(self, latency_s: float, reason: str) -> None: ...
-
-    def execution(self, batch_size: int) -> None: ...
-
-    def in_flight(self, delta: int) -> None: ...
-
-
 class InferenceObserver(Protocol):
     """Receives what happens to models and requests (observability implements it)."""
 
@@ -86,30 +78,17 @@ class InferenceObserver(Protocol):
 
 
 @dataclass(slots=True)
-class ModelVersion:
+class ModelRecord:
+    """One model: the versions that serve or are failing, and how requests pick among them."""
+
     name: str
-    version: int
-    path: Path
-    config: ModelConfig
-    state: ModelState = ModelState.LOADING
-    reason: str = ""
-    platform: str = ""
-    triton_platform: str = ""
-    model: LoadedModel | None = None
-    signature: ServingSignature | None = None
-    guard: InputGuard | None = None
-    recorder: VersionRecorder | None = None
-    batcher: DynamicBatcher | None = None
-    executor: ThreadPoolExecutor | None = None
-    stats: VersionStats = field(default_factory=VersionStats)
+    config: ModelConfig | None = None
+    versions: dict[int, ModelVersion] = field(default_factory=dict)
+    error: str = ""
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    @property
-    def version_str(self) -> str:
-        return str(self.version)
-
-    @property
-    def ready(self) -> bool:
-        return self.state is ModelState.READY
+    def ready_versions(self) -> list[ModelVersion]:
+        return [v for v in self.versions.values() if v.ready]
 
 
 class ModelManager:
@@ -119,36 +98,131 @@ class ModelManager:
         runtimes: RuntimeResolver,
         observer: InferenceObserver,
         limits: Limits,
+        *,
+        rng: random.Random | None = None,
     ) -> None:
         self._source = source
         self._runtimes = runtimes
         self._observer = observer
         self._limits = limits
-        self._models: dict[str, dict[int, ModelVersion]] = {}
-        self._errors: dict[str, str] = {}
+        self._records: dict[str, ModelRecord] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._rng = rng or random.Random()
 
-    async def load_all(self) -> None:
-        """Load every model the source lists, one version at a time, off the event loop."""
-        for name in self._source.model_names():
-            await self.load_model(name)
+    # ---- changing what serves -------------------------------------------------------------
 
-    async def load_model(self, name: str) -> None:
-        definition = await asyncio.to_thread(self._source.read, name)
+    async def load_all(self, names: Iterable[str] | None = None) -> None:
+        """Load the named models (default: every model in the source), one at a time."""
+        if names is None:
+            names = await asyncio.to_thread(self._source.model_names)
+        for name in names:
+            try:
+                await self.sync(name)
+            except ModelNotFound as exc:
+                log.error("cannot load %s: %s", name, exc.message)
+
+    async def load(self, name: str, config: ModelConfig | None = None) -> None:
+        """Load or reload a model (the model control API); raises if a version failed."""
+        failures = await self.sync(name, config)
+        if failures:
+            raise LoadFailed(f"model '{name}' failed to load: {'; '.join(failures)}")
+
+    async def sync(self, name: str, config: ModelConfig | None = None) -> list[str]:
+        """Bring what serves in line with the repository: load new and changed versions, retire
+        versions the policy no longer selects. Returns the failures (empty when all is well)."""
+        record = self._records.get(name) or self._records.setdefault(name, ModelRecord(name))
+        async with record.lock:
+            try:
+                definition = await asyncio.to_thread(self._source.read, name)
+            except ModelNotFound:
+                if not record.versions:
+                    self._records.pop(name, None)
+                raise
+            if config is not None:
+                definition = replace(definition, config=config, error=None)
+            return await self._sync(record, definition)
+
+    async def unload(self, name: str) -> None:
+        """Stop serving every version of a model; returns once they have drained and closed."""
+        record = self._records.get(name)
+        if record is None:
+            raise ModelNotFound(f"unknown model '{name}'")
+        async with record.lock:
+            retired = list(record.versions.values())
+            record.versions.clear()
+            record.config = None
+            record.error = "unloaded"
+            await asyncio.gather(*(self._retire(entry) for entry in retired))
+        log.info("model %s unloaded", name)
+
+    async def remove(self, name: str) -> None:
+        """The model left the repository: unload it and forget it."""
+        if name in self._records:
+            await self.unload(name)
+            self._records.pop(name, None)
+
+    async def _sync(self, record: ModelRecord, definition: ModelDefinition) -> list[str]:
         if definition.error:
-            self._errors[name] = definition.error
-            log.error("model %s cannot be served: %s", name, definition.error)
-            self._models.setdefault(name, {})
-            return
-        chosen = definition.config.version_policy.select(list(definition.versions))
-        versions = self._models.setdefault(name, {})
+            record.error = definition.error
+            log.error("model %s cannot be loaded: %s", record.name, definition.error)
+            return [definition.error]
+        config = definition.config
+        chosen = config.version_policy.select(list(definition.versions))
+        record.error = "" if chosen else "no version directory matches the version policy"
+        reload_all = record.config is not None and _serving(record.config) != _serving(config)
+        record.config = config
+
+        pending: list[ModelVersion] = []
         for number in chosen:
-            entry = ModelVersion(name, number, definition.versions[number], definition.config)
-            versions[number] = entry
-            self._set_state(entry, ModelState.LOADING)
+            current = record.versions.get(number)
+            fingerprint = definition.fingerprints.get(number, "")
+            unchanged = current is not None and current.fingerprint == fingerprint
+            if unchanged and current.ready and not reload_all:
+                continue
+            entry = ModelVersion(
+                record.name, number, definition.versions[number], config, fingerprint
+            )
+            if current is None or not current.ready:
+                record.versions[number] = entry
+            self._set_state(entry, ModelState.LOADING, publish=current is None or not current.ready)
+            pending.append(entry)
+
+        for entry in pending:
             await asyncio.to_thread(self._load_version, entry)
+            self._publish(record, entry)
+
+        healthy = bool(chosen) and all(record.versions[n].ready for n in chosen)
+        for number in [n for n in record.versions if n not in chosen]:
+            entry = record.versions[number]
+            if entry.ready and not healthy:
+                log.warning(
+                    "model %s keeps serving version %d: the versions that replace it are not "
+                    "all ready",
+                    record.name,
+                    number,
+                )
+                continue
+            del record.versions[number]
+            await self._retire(entry, wait=False)
         if not chosen:
-            self._errors[name] = "no version directory matches the version policy"
-            log.error("model %s has no version to serve", name)
+            log.error("model %s has no version to serve", record.name)
+            return [record.error]
+        return [f"version {e.version}: {e.reason}" for e in pending if not e.ready]
+
+    def _publish(self, record: ModelRecord, entry: ModelVersion) -> None:
+        """Put a freshly loaded version in place; a failed reload leaves the old one serving."""
+        current = record.versions.get(entry.version)
+        if current is entry or current is None:
+            record.versions[entry.version] = entry
+            self._set_state(entry, entry.state)
+            return
+        if entry.ready:
+            record.versions[entry.version] = entry
+            current.state = ModelState.UNAVAILABLE  # silently: the new one owns the state gauge
+            self._retiring_task(current)
+            self._set_state(entry, ModelState.READY)
+        else:
+            current.reason = f"reloading failed, the previous load keeps serving: {entry.reason}"
 
     def _load_version(self, entry: ModelVersion) -> None:
         try:
@@ -158,7 +232,9 @@ class ModelManager:
                 raise ModelLoadError(f"{model_file.name} links outside the model repository")
             model = runtime.load(entry.path, entry.config)
             try:
-                signature = resolve_signature(model.signature(), entry.config)
+                signature = apply_batching(
+                    resolve_signature(model.signature(), entry.config), entry.config
+                )
             except ModelportError:
                 model.close()
                 raise
@@ -168,12 +244,6 @@ class ModelManager:
         except Exception as exc:  # a runtime's own error: report it, keep serving the rest
             self._fail(entry, f"{type(exc).__name__}: {exc}")
             return
-        try:
-            signature = _apply_batching(signature, entry.config)
-        except ModelportError as exc:
-            model.close()
-            self._fail(entry, exc.message)
-            return
         entry.platform = runtime.platform
         entry.triton_platform = runtime.triton_platform
         entry.model = model
@@ -182,37 +252,73 @@ class ModelManager:
             signature.inputs, signature.outputs, signature.max_batch_size, self._limits
         )
         entry.recorder = self._observer.recorder(entry.name, entry.version_str)
-        entry.executor, entry.batcher = _scheduler(entry, model, signature)
-        self._set_state(entry, ModelState.READY)
+        entry.executor, entry.batcher = build_scheduler(entry, model, signature)
+        entry.state = ModelState.READY
         log.info("model %s version %d is READY (%s)", entry.name, entry.version, runtime.platform)
 
     def _fail(self, entry: ModelVersion, reason: str) -> None:
         entry.reason = reason
-        self._set_state(entry, ModelState.FAILED)
+        entry.state = ModelState.FAILED
         log.error("model %s version %d failed to load: %s", entry.name, entry.version, reason)
 
-    def _set_state(self, entry: ModelVersion, state: ModelState) -> None:
+    def _set_state(self, entry: ModelVersion, state: ModelState, *, publish: bool = True) -> None:
         entry.state = state
-        self._observer.model_state(entry.name, entry.version_str, state.value)
+        if publish:
+            self._observer.model_state(entry.name, entry.version_str, state.value)
+
+    async def _retire(self, entry: ModelVersion, *, wait: bool = True) -> None:
+        was_serving = entry.model is not None
+        self._set_state(entry, ModelState.UNAVAILABLE)
+        if not was_serving:
+            return
+        task = self._retiring_task(entry)
+        if wait:
+            await task
+
+    def _retiring_task(self, entry: ModelVersion) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._drain_and_close(entry))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        return task
+
+    async def _drain_and_close(self, entry: ModelVersion) -> None:
+        await entry.drained()
+        await entry.close()
+        log.info("model %s version %d unloaded", entry.name, entry.version)
+
+    # ---- finding what serves --------------------------------------------------------------
 
     def resolve(self, name: str, version: str | None = None) -> ModelVersion:
-        """The version a request should run on; raises if it is unknown or not ready."""
-        versions = self._models.get(name)
-        if versions is None:
+        """The version a request should run on; raises if it is unknown or not ready.
+
+        `version` is a version number, a label from the model's config, or empty: then the
+        traffic split decides, or without one the newest ready version serves.
+        """
+        record = self._records.get(name)
+        if record is None:
             raise ModelNotFound(f"unknown model '{name}'")
         if version in (None, ""):
-            ready = [v for v in versions.values() if v.ready]
-            if not ready:
-                reason = self._errors.get(name) or _reasons(versions.values())
-                raise ModelNotReady(f"model '{name}' has no ready version{reason}")
-            return max(ready, key=lambda v: v.version)
-        entry = versions.get(_parse_version(name, version))
+            return self._route(record)
+        number = _version_number(record, version)
+        entry = record.versions.get(number)
         if entry is None:
             raise ModelNotFound(f"unknown version '{version}' of model '{name}'")
         if not entry.ready:
             detail = f": {entry.reason}" if entry.reason else ""
             raise ModelNotReady(f"model '{name}' version {version} is {entry.state.value}{detail}")
         return entry
+
+    def _route(self, record: ModelRecord) -> ModelVersion:
+        ready = record.ready_versions()
+        if not ready:
+            reason = f" ({record.error})" if record.error else _reasons(record.versions.values())
+            raise ModelNotReady(f"model '{record.name}' has no ready version{reason}")
+        traffic = record.config.traffic if record.config is not None else {}
+        weighted = [(v, traffic[v.version]) for v in ready if traffic.get(v.version, 0) > 0]
+        if weighted:
+            versions, weights = zip(*weighted, strict=True)
+            return self._rng.choices(versions, weights)[0]
+        return max(ready, key=lambda v: v.version)
 
     def find(self, name: str, version: str | None = None) -> ModelVersion | None:
         """Like resolve, but returns None instead of raising when nothing is ready."""
@@ -222,103 +328,78 @@ class ModelManager:
             return None
 
     def versions(self, name: str) -> list[ModelVersion]:
-        if name not in self._models:
+        record = self._records.get(name)
+        if record is None:
             raise ModelNotFound(f"unknown model '{name}'")
-        return sorted(self._models[name].values(), key=lambda v: v.version)
+        return sorted(record.versions.values(), key=lambda v: v.version)
 
     def all_versions(self) -> Iterable[ModelVersion]:
-        for versions in self._models.values():
-            yield from versions.values()
+        for record in list(self._records.values()):
+            yield from list(record.versions.values())
 
-    def index(self) -> list[dict[str, Any]]:
-        """One row per model version (and one per model that could not be read), Triton's shape."""
+    def labels(self, name: str) -> dict[str, int]:
+        record = self._records.get(name)
+        if record is None:
+            raise ModelNotFound(f"unknown model '{name}'")
+        return dict(record.config.labels) if record.config is not None else {}
+
+    async def index(self) -> list[dict[str, Any]]:
+        """One row per model version (and one per model with none, loaded or not), in Triton's
+        shape, plus the labels and traffic share of each version."""
+        on_disk = await asyncio.to_thread(self._source.model_names)
         rows: list[dict[str, Any]] = []
-        for name in sorted(self._models):
-            versions = self._models[name]
-            if not versions:
-                rows.append(
-                    {"name": name, "state": "UNAVAILABLE", "reason": self._errors.get(name, "")}
-                )
-            for entry in sorted(versions.values(), key=lambda v: v.version):
-                rows.append(
-                    {
-                        "name": name,
-                        "version": entry.version_str,
-                        "state": entry.state.value,
-                        "reason": entry.reason,
-                    }
-                )
+        for name in sorted(set(self._records) | set(on_disk)):
+            record = self._records.get(name)
+            if record is None:
+                rows.append({"name": name, "state": "UNAVAILABLE", "reason": "not loaded"})
+                continue
+            if not record.versions:
+                rows.append({"name": name, "state": "UNAVAILABLE", "reason": record.error})
+            config = record.config or ModelConfig()
+            for entry in sorted(record.versions.values(), key=lambda v: v.version):
+                row: dict[str, Any] = {
+                    "name": name,
+                    "version": entry.version_str,
+                    "state": entry.state.value,
+                    "reason": entry.reason,
+                }
+                labels = [k for k, v in sorted(config.labels.items()) if v == entry.version]
+                if labels:
+                    row["labels"] = labels
+                if entry.version in config.traffic:
+                    row["traffic"] = config.traffic[entry.version]
+                rows.append(row)
         return rows
 
     def failed(self) -> list[str]:
         names = [
             f"{v.name}/{v.version}" for v in self.all_versions() if v.state is ModelState.FAILED
         ]
-        return names + [name for name in self._errors]
+        return names + [n for n, r in self._records.items() if r.error and r.error != "unloaded"]
 
     async def close(self) -> None:
         for entry in list(self.all_versions()):
             entry.state = ModelState.UNAVAILABLE
-            if entry.batcher is not None:
-                await entry.batcher.close()
-            if entry.executor is not None:
-                entry.executor.shutdown(wait=True)
-            if entry.model is not None:
-                entry.model.close()
-                entry.model = None
+            await entry.close()
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
 
 
-def _apply_batching(signature: ServingSignature, config: ModelConfig) -> ServingSignature:
-    """With dynamic batching on, requests may carry at most the batcher's max batch size."""
-    batching = config.dynamic_batching
-    if batching is None:
-        return signature
-    if signature.max_batch_size == 0:
-        raise ConfigError(
-            "dynamic_batching needs a batch dimension: every input's first dimension must be "
-            "dynamic (-1) and max_batch_size must not be 0"
-        )
-    limit = min(batching.max_batch_size or signature.max_batch_size, signature.max_batch_size)
-    return replace(signature, max_batch_size=limit)
+def _serving(config: ModelConfig) -> ModelConfig:
+    """The part of a config that a loaded version depends on (not routing, not the policy)."""
+    return config.model_copy(update={"labels": {}, "traffic": {}, "version_policy": None})
 
 
-def _scheduler(
-    entry: ModelVersion, model: LoadedModel, signature: ServingSignature
-) -> tuple[ThreadPoolExecutor, DynamicBatcher]:
-    config = entry.config
-    batching = config.dynamic_batching
-    stats, recorder = entry.stats, entry.recorder
-    assert recorder is not None
-
-    def executed(batch_size: int, infer_ns: int) -> None:
-        stats.record_execution(batch_size=batch_size, infer_ns=infer_ns)
-        recorder.execution(batch_size)
-
-    label = f"model '{entry.name}' version {entry.version}"
-    executor = ThreadPoolExecutor(
-        max_workers=config.instance_count, thread_name_prefix=f"{entry.name}-{entry.version}"
+def _version_number(record: ModelRecord, version: str) -> int:
+    if _VERSION.fullmatch(version):
+        return int(version)
+    labels = record.config.labels if record.config is not None else {}
+    if version in labels:
+        return labels[version]
+    raise ModelNotFound(
+        f"unknown version '{version}' of model '{record.name}' (versions are positive integers; "
+        f"labels: {', '.join(sorted(labels)) or 'none'})"
     )
-    batcher = DynamicBatcher(
-        label,
-        model.infer,
-        executor,
-        batched=batching is not None,
-        max_batch_size=signature.max_batch_size,
-        max_queue_delay=batching.max_queue_delay if batching else 0.0,
-        preferred_batch_sizes=batching.preferred_batch_sizes if batching else (),
-        max_queue_size=batching.max_queue_size if batching else None,
-        instances=config.instance_count,
-        on_execution=executed,
-    )
-    return executor, batcher
-
-
-def _parse_version(name: str, version: str) -> int:
-    if not _VERSION.fullmatch(version):
-        raise ModelNotFound(
-            f"unknown version '{version}' of model '{name}' (versions are positive integers)"
-        )
-    return int(version)
 
 
 def _reasons(versions: Iterable[ModelVersion]) -> str:

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from modelport.__about__ import __version__
-from modelport.core.errors import InferenceFailed, ModelportError
+from modelport.core.config import ModelConfig
+from modelport.core.errors import InferenceFailed, ModelportError, NotAllowed
 from modelport.core.manager import ModelManager, ModelVersion
 from modelport.core.types import InferRequest, InferResponse
 
 log = logging.getLogger("modelport.server")
 
 SERVER_NAME = "modelport"
+
+ModelControl = Literal["none", "poll", "explicit"]
+"""Triton's model control modes: load everything once (none), follow the repository (poll), or
+load and unload only when asked through the API (explicit)."""
 
 
 class InferenceServer:
@@ -25,14 +30,19 @@ class InferenceServer:
         *,
         extensions: tuple[str, ...] = (),
         strict_readiness: bool = False,
+        model_control: ModelControl = "none",
+        startup_models: tuple[str, ...] = ("*",),
     ) -> None:
         self.manager = manager
         self._extensions = extensions
         self._strict_readiness = strict_readiness
+        self._model_control = model_control
+        self._startup_models = startup_models
         self._started = False
 
     async def start(self) -> None:
-        await self.manager.load_all()
+        names = None if "*" in self._startup_models else self._startup_models
+        await self.manager.load_all(names)
         self._started = True
         failed = self.manager.failed()
         if failed:
@@ -53,6 +63,22 @@ class InferenceServer:
 
     def metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": __version__, "extensions": list(self._extensions)}
+
+    async def load_model(self, name: str, config: ModelConfig | None = None) -> None:
+        """The model control API: load or reload a model, optionally with another config."""
+        self._check_control("load")
+        await self.manager.load(name, config)
+
+    async def unload_model(self, name: str) -> None:
+        self._check_control("unload")
+        await self.manager.unload(name)
+
+    def _check_control(self, action: str) -> None:
+        if self._model_control != "explicit":
+            raise NotAllowed(
+                f"cannot {action} models while the model control mode is "
+                f"'{self._model_control}'; start the server with --model-control-mode explicit"
+            )
 
     def model(self, name: str, version: str | None = None) -> ModelVersion:
         return self.manager.resolve(name, version)
@@ -78,11 +104,12 @@ class InferenceServer:
         it: the lookup and the checks are then not repeated. Other callers pass only the request.
         """
         start = time.perf_counter_ns()
-        validated = entry is not None
-        if entry is None:
+        validated = entry is not None and entry.ready
+        if entry is None or not entry.ready:  # retired since the frontend looked it up
             entry = self.manager.resolve(request.model_name, request.model_version)
         guard, batcher, recorder = entry.guard, entry.batcher, entry.recorder
         assert guard is not None and batcher is not None and recorder is not None
+        entry.enter()
         recorder.in_flight(1)
         try:
             if not validated:
@@ -96,6 +123,7 @@ class InferenceServer:
             raise
         finally:
             recorder.in_flight(-1)
+            entry.leave()
         elapsed = time.perf_counter_ns() - start
         batch = _inference_count(entry, request.inputs)
         entry.stats.record_success(

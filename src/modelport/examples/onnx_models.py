@@ -59,6 +59,19 @@ def add_sub(datatype: str = "FP32", width: int = 16) -> onnx.ModelProto:
     return _model(graph)
 
 
+def offset(value: float, width: int = 4) -> onnx.ModelProto:
+    """x [N, width] FP32 -> y = x + value: versions that differ by value tell apart who answered."""
+    constant = numpy_helper.from_array(np.array(value, dtype=np.float32), "offset")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "offset"], ["y"])],
+        "offset",
+        [_value("x", "FP32", ["N", width])],
+        [_value("y", "FP32", ["N", width])],
+        initializer=[constant],
+    )
+    return _model(graph)
+
+
 def mlp(sizes: Sequence[int] = (64, 256, 256, 10), seed: int = 0) -> onnx.ModelProto:
     """A ReLU MLP, FP32: input [N, sizes[0]] -> output [N, sizes[-1]] (logits)."""
     rng = np.random.default_rng(seed)

@@ -21,6 +21,7 @@ STATUS: dict[ErrorKind, WireStatus] = {
     ErrorKind.TOO_LARGE: WireStatus(413, "RESOURCE_EXHAUSTED"),
     ErrorKind.UNAVAILABLE: WireStatus(503, "UNAVAILABLE"),
     ErrorKind.TIMEOUT: WireStatus(504, "DEADLINE_EXCEEDED"),
+    ErrorKind.PRECONDITION: WireStatus(400, "FAILED_PRECONDITION"),
     ErrorKind.INTERNAL: WireStatus(500, "INTERNAL"),
 }
 

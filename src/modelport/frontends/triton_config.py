@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelport.core.manager import ModelVersion
 from modelport.core.types import TensorSpec
+from modelport.core.versions import ModelVersion
 
 _BACKENDS = {"onnxruntime_onnx": "onnxruntime"}
 
@@ -18,7 +18,7 @@ def model_config(entry: ModelVersion) -> dict[str, Any]:
     def dims(spec: TensorSpec) -> list[int]:
         return list(spec.shape[1:] if batch > 0 else spec.shape)
 
-    return {
+    config: dict[str, Any] = {
         "name": entry.name,
         "platform": entry.triton_platform,
         "backend": _BACKENDS.get(entry.triton_platform, entry.platform),
@@ -46,7 +46,17 @@ def model_config(entry: ModelVersion) -> dict[str, Any]:
             }
             for spec in entry.signature.outputs
         ],
-        "instance_group": [{"name": f"{entry.name}_0", "kind": "KIND_CPU", "count": 1}],
+        "instance_group": [
+            {"name": f"{entry.name}_0", "kind": "KIND_CPU", "count": entry.config.instance_count}
+        ],
         "default_model_filename": entry.config.default_model_filename or "",
         "parameters": {},
     }
+    batching = entry.config.dynamic_batching
+    if batching is not None:
+        config["dynamic_batching"] = {
+            "preferred_batch_size": list(batching.preferred_batch_sizes),
+            "max_queue_delay_microseconds": round(batching.max_queue_delay * 1e6),
+            "default_queue_policy": {"max_queue_size": batching.max_queue_size or 0},
+        }
+    return config

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
-import yaml
-from pydantic import ValidationError
-
-from modelport.core.config import ModelConfig
+from modelport.core.config import MAX_CONFIG_BYTES, ModelConfig, parse_config
 from modelport.core.errors import ModelNotFound
 from modelport.core.manager import ModelDefinition
 from modelport.repository.paths import VERSION_DIR, inside, is_model_name, model_dir
@@ -16,7 +14,6 @@ from modelport.repository.paths import VERSION_DIR, inside, is_model_name, model
 log = logging.getLogger("modelport.repository")
 
 CONFIG_FILE = "config.yaml"
-MAX_CONFIG_BYTES = 1 << 20
 
 
 class LocalRepository:
@@ -47,11 +44,19 @@ class LocalRepository:
         if not directory.is_dir():
             raise ModelNotFound(f"unknown model '{name}'")
         versions = self._versions(directory)
+        fingerprints = {number: fingerprint(path) for number, path in versions.items()}
         try:
             config = self._config(directory, name)
         except ValueError as exc:
-            return ModelDefinition(name, ModelConfig(), versions, error=str(exc))
-        return ModelDefinition(name, config, versions)
+            return ModelDefinition(name, ModelConfig(), versions, str(exc), fingerprints)
+        return ModelDefinition(name, config, versions, None, fingerprints)
+
+    def model_fingerprint(self, name: str) -> str:
+        """A digest of everything in the model's directory that a load reads; "" if it is gone."""
+        directory = model_dir(self.root, name)
+        if not directory.is_dir():
+            return ""
+        return fingerprint(directory)
 
     def _versions(self, directory: Path) -> dict[int, Path]:
         versions = {}
@@ -73,25 +78,24 @@ class LocalRepository:
         if path.stat().st_size > MAX_CONFIG_BYTES:
             raise ValueError(f"{CONFIG_FILE} is larger than {MAX_CONFIG_BYTES} bytes")
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{CONFIG_FILE} is not valid YAML: {exc}") from None
-        if not isinstance(raw, dict):
-            raise ValueError(f"{CONFIG_FILE} must be a mapping, not {type(raw).__name__}")
-        raw.setdefault("name", name)
-        if raw["name"] != name:
-            raise ValueError(
-                f"{CONFIG_FILE} names the model '{raw['name']}' but its directory is '{name}'"
-            )
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{CONFIG_FILE} is not valid UTF-8: {exc}") from None
+        return parse_config(text, name, CONFIG_FILE)
+
+
+def fingerprint(directory: Path) -> str:
+    """Names, sizes and modification times of every file under directory, as one digest.
+
+    A version directory still being written changes it from one look to the next, which is
+    how the poller tells a half-copied version from a finished one.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for path in sorted(directory.rglob("*")):
         try:
-            return ModelConfig.model_validate(raw)
-        except ValidationError as exc:
-            raise ValueError(f"invalid {CONFIG_FILE}: {_summarize(exc)}") from None
-
-
-def _summarize(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(item) for item in error["loc"]) or "(top level)"
-        parts.append(f"{where}: {error['msg']}")
-    return "; ".join(parts)
+            stat = path.stat()
+        except OSError:  # removed while we looked: the next look sees the difference
+            continue
+        relative = path.relative_to(directory).as_posix()
+        digest.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()

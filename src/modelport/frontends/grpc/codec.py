@@ -109,6 +109,14 @@ def _parameters(parameters: Any) -> dict[str, Any]:
     }
 
 
+def repository_parameters(parameters: Any) -> dict[str, Any]:
+    """ModelRepositoryParameter map -> plain values (bytes_param stays bytes)."""
+    return {
+        key: getattr(value, value.WhichOneof("parameter_choice") or "bool_param")
+        for key, value in parameters.items()
+    }
+
+
 def encode_response(response: InferResponse) -> pb.ModelInferResponse:
     message = pb.ModelInferResponse(
         model_name=response.model_name, model_version=response.model_version, id=response.id or ""

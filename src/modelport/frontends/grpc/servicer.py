@@ -13,7 +13,7 @@ import grpc
 
 from modelport.core.errors import ModelportError
 from modelport.core.server import InferenceServer
-from modelport.frontends import triton_config
+from modelport.frontends import model_control, triton_config
 from modelport.frontends.grpc import codec
 from modelport.frontends.grpc.generated import inference_pb2 as pb
 from modelport.frontends.grpc.generated import inference_pb2_grpc as pb_grpc
@@ -100,10 +100,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: Any
     ) -> pb.RepositoryIndexResponse:
-        rows = self.server.manager.index()
+        rows = await self.server.manager.index()
         if request.ready:
             rows = [row for row in rows if row["state"] == "READY"]
         return codec.from_dict({"models": rows}, pb.RepositoryIndexResponse())
+
+    @_translate_errors
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        parameters = codec.repository_parameters(request.parameters)
+        config = model_control.load_config(request.model_name, parameters)
+        await self.server.load_model(request.model_name, config)
+        return pb.RepositoryModelLoadResponse()
+
+    @_translate_errors
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        model_control.check_unload_parameters(codec.repository_parameters(request.parameters))
+        await self.server.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
 
     @_translate_errors
     async def ModelInfer(

@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from modelport.core.errors import ErrorKind, InvalidInput, ModelportError, PayloadTooLarge
 from modelport.core.server import InferenceServer
-from modelport.frontends import triton_config
+from modelport.frontends import model_control, triton_config
 from modelport.frontends.rest.compression import choose_encoding, decode_body, encode_body
 from modelport.frontends.rest.v2_codec import (
     HEADER_LENGTH,
@@ -28,6 +28,7 @@ JSON = "application/json"
 OFF_LOOP_BYTES = 256 * 1024
 LARGE_BODIES_AT_ONCE = 2
 Result = TypeVar("Result")
+MAX_CONTROL_BODY = 2 * 1024 * 1024
 MIN_COMPRESSED_BYTES = 1024
 """Smaller responses go out uncompressed even when the client accepts gzip: no gain, only CPU."""
 
@@ -85,6 +86,8 @@ class V2Endpoints:
             Route("/v2", self.metadata, methods=["GET"]),
             Route("/v2/models/stats", self.statistics, methods=["GET"]),
             Route("/v2/repository/index", self.repository_index, methods=["POST"]),
+            Route("/v2/repository/models/{model}/load", self.load_model, methods=["POST"]),
+            Route("/v2/repository/models/{model}/unload", self.unload_model, methods=["POST"]),
         ]
         for prefix in (model, version):
             routes += [
@@ -132,10 +135,21 @@ class V2Endpoints:
     async def repository_index(self, request: Request) -> Response:
         body = await read_body(request, 64 * 1024)
         options = parse_json_object(body) if body.strip() else {}
-        rows = self.server.manager.index()
+        rows = await self.server.manager.index()
         if options.get("ready") is True:
             rows = [row for row in rows if row["state"] == "READY"]
         return json_response(rows)
+
+    async def load_model(self, request: Request) -> Response:
+        name = request.path_params["model"]
+        config = model_control.load_config(name, await _parameters(request))
+        await self.server.load_model(name, config)
+        return json_response({})
+
+    async def unload_model(self, request: Request) -> Response:
+        model_control.check_unload_parameters(await _parameters(request))
+        await self.server.unload_model(request.path_params["model"])
+        return json_response({})
 
     async def infer(self, request: Request) -> Response:
         started = time.perf_counter_ns()
@@ -168,6 +182,16 @@ class V2Endpoints:
             headers["Content-Encoding"] = encoding
         media_type = JSON if json_length is None else "application/octet-stream"
         return Response(payload, media_type=media_type, headers=headers)
+
+
+async def _parameters(request: Request) -> dict[str, Any]:
+    body = await read_body(request, MAX_CONTROL_BODY)
+    if not body.strip():
+        return {}
+    parameters = parse_json_object(body).get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise InvalidInput("'parameters' must be a JSON object")
+    return parameters
 
 
 def _model_params(request: Request) -> tuple[str | None, str | None]:

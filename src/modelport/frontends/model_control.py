@@ -1,0 +1,35 @@
+"""The parameters of the v2 repository extension's load and unload requests, for both frontends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelport.core.config import ModelConfig, parse_config
+from modelport.core.errors import InvalidInput
+
+
+def load_config(name: str, parameters: dict[str, Any]) -> ModelConfig | None:
+    """The config a load request brings along (`config`: YAML or JSON text), if any."""
+    for key in parameters:
+        if key.startswith("file:"):
+            raise InvalidInput(
+                "a load request cannot carry model files; publish them into the repository "
+                "(modelport deploy) and load the model by name"
+            )
+        if key != "config":
+            raise InvalidInput(f"unknown load parameter '{key}' (known: config)")
+    text = parameters.get("config")
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise InvalidInput("the load parameter 'config' must be a string of YAML or JSON")
+    try:
+        return parse_config(text, name, "the load request's config")
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+
+
+def check_unload_parameters(parameters: dict[str, Any]) -> None:
+    for key in parameters:
+        if key != "unload_dependents":
+            raise InvalidInput(f"unknown unload parameter '{key}' (known: unload_dependents)")
