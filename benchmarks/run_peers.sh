@@ -10,6 +10,8 @@ tag=${1:?usage: run_peers.sh TAG [DURATION_S]}; dur=${2:-5}
 py=$PEERS/venv-torch/bin/python
 export MODELPORT=$root/.venv/bin/modelport
 cd "$bench"
+# the in-process ceiling, measured in the same session as the servers
+"$py" raw_ort.py --seconds 3 --models cnn,mlp --json "$PEERS/results/raw_ort_$tag.json"
 for model in mlp cnn; do
   batch=32; [ "$model" = cnn ] && batch=8
   MODELPORT_CONFIG=$here/configs/bench-$model.yaml MODELPORT_BATCH=$batch \
@@ -18,4 +20,5 @@ for model in mlp cnn; do
   "$py" compare.py --servers fastapi,mlserver --models "$model" --conc 1,8,32 \
     --loaders wrk --dur "$dur" --warm 1 --tag "$tag"
 done
-"$py" summarize.py --tags "$tag"
+"$py" summarize.py --tags "$tag" | tee "$PEERS/results/summary_$tag.md"
+"$root/.venv/bin/python" "$here/plot_peers.py" --tag "$tag" --out "$here/results/peers-$tag.png"

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from modelport.__about__ import __version__
+from modelport.cli import operate
 
 
 @click.group()
@@ -90,6 +91,10 @@ def serve(**options: object) -> None:
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
     )
+
+
+for command in (operate.deploy, operate.promote, operate.rollback, operate.models):
+    cli.add_command(command)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ from modelport.core.versions import (
 log = logging.getLogger("modelport.models")
 
 _VERSION = re.compile(r"[1-9][0-9]{0,17}")
+STABLE = "stable"
+"""Requests that name no version go to the version with this label when no traffic split is set."""
 
 
 @dataclass(slots=True)
@@ -167,7 +169,7 @@ class ModelManager:
             log.error("model %s cannot be loaded: %s", record.name, definition.error)
             return [definition.error]
         config = definition.config
-        chosen = config.version_policy.select(list(definition.versions))
+        chosen = served_versions(config, list(definition.versions))
         record.error = "" if chosen else "no version directory matches the version policy"
         reload_all = record.config is not None and _serving(record.config) != _serving(config)
         record.config = config
@@ -292,7 +294,7 @@ class ModelManager:
         """The version a request should run on; raises if it is unknown or not ready.
 
         `version` is a version number, a label from the model's config, or empty: then the
-        traffic split decides, or without one the newest ready version serves.
+        traffic split decides, or without one the version labelled stable, or the newest.
         """
         record = self._records.get(name)
         if record is None:
@@ -313,11 +315,14 @@ class ModelManager:
         if not ready:
             reason = f" ({record.error})" if record.error else _reasons(record.versions.values())
             raise ModelNotReady(f"model '{record.name}' has no ready version{reason}")
-        traffic = record.config.traffic if record.config is not None else {}
-        weighted = [(v, traffic[v.version]) for v in ready if traffic.get(v.version, 0) > 0]
+        config = record.config or ModelConfig()
+        weighted = [(v, config.traffic[v.version]) for v in ready if config.traffic.get(v.version)]
         if weighted:
             versions, weights = zip(*weighted, strict=True)
             return self._rng.choices(versions, weights)[0]
+        stable = record.versions.get(config.labels.get(STABLE, 0))
+        if stable is not None and stable.ready:
+            return stable
         return max(ready, key=lambda v: v.version)
 
     def find(self, name: str, version: str | None = None) -> ModelVersion | None:
@@ -383,6 +388,14 @@ class ModelManager:
             await entry.close()
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
+
+
+def served_versions(config: ModelConfig, available: list[int]) -> list[int]:
+    """The versions to serve: what the version policy selects, plus every version on disk that
+    a label or the traffic split names (a canary serves next to stable whatever the policy)."""
+    named = set(config.labels.values()) | set(config.traffic)
+    chosen = set(config.version_policy.select(available)) | (named & set(available))
+    return sorted(chosen)
 
 
 def _serving(config: ModelConfig) -> ModelConfig:

@@ -10,10 +10,12 @@ from modelport.core.config import MAX_CONFIG_BYTES, ModelConfig, parse_config
 from modelport.core.errors import ModelNotFound
 from modelport.core.manager import ModelDefinition
 from modelport.repository.paths import VERSION_DIR, inside, is_model_name, model_dir
+from modelport.repository.triton_pbtxt import PbtxtError, parse_pbtxt, to_model_config
 
 log = logging.getLogger("modelport.repository")
 
 CONFIG_FILE = "config.yaml"
+TRITON_CONFIG_FILE = "config.pbtxt"
 
 
 class LocalRepository:
@@ -71,6 +73,11 @@ class LocalRepository:
 
     def _config(self, directory: Path, name: str) -> ModelConfig:
         path = directory / CONFIG_FILE
+        triton = directory / TRITON_CONFIG_FILE
+        if path.exists() and triton.exists():
+            raise ValueError(f"both {CONFIG_FILE} and {TRITON_CONFIG_FILE} exist; keep one")
+        if triton.exists():
+            return self._triton_config(triton, name)
         if not path.exists():
             return ModelConfig(name=name)
         if not inside(self.root, path):
@@ -82,6 +89,25 @@ class LocalRepository:
         except UnicodeDecodeError as exc:
             raise ValueError(f"{CONFIG_FILE} is not valid UTF-8: {exc}") from None
         return parse_config(text, name, CONFIG_FILE)
+
+    def _triton_config(self, path: Path, name: str) -> ModelConfig:
+        if not inside(self.root, path):
+            raise ValueError(f"{TRITON_CONFIG_FILE} links outside the model repository")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ValueError(f"{TRITON_CONFIG_FILE} is larger than {MAX_CONFIG_BYTES} bytes")
+        try:
+            fields = parse_pbtxt(path.read_text(encoding="utf-8"))
+            config, ignored = to_model_config(fields, name)
+        except (PbtxtError, UnicodeDecodeError) as exc:
+            raise ValueError(f"invalid {TRITON_CONFIG_FILE}: {exc}") from None
+        if config.name != name:
+            raise ValueError(
+                f"{TRITON_CONFIG_FILE} names the model '{config.name}' but its directory is "
+                f"'{name}'"
+            )
+        if ignored:
+            log.info("model %s: %s fields not used: %s", name, TRITON_CONFIG_FILE, ignored)
+        return config
 
 
 def fingerprint(directory: Path) -> str:

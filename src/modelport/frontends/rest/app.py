@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from modelport.core.errors import ModelportError
 from modelport.core.server import InferenceServer
+from modelport.frontends.rest.tfserving import TFServingEndpoints
 from modelport.frontends.rest.v2 import V2Endpoints, error_response
 from modelport.frontends.status import http_status
 from modelport.observability.metrics import Metrics
@@ -31,11 +32,16 @@ def create_app(
     lifespan: Lifespan | None = None,
 ) -> Starlette:
     v2 = V2Endpoints(server, max_request_bytes)
+    tfserving = TFServingEndpoints(server, max_request_bytes)
 
     async def render_metrics(request: Request) -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    routes = [*v2.routes(), Route("/metrics", render_metrics, methods=["GET"])]
+    routes = [
+        *v2.routes(),
+        *tfserving.routes(),
+        Route("/metrics", render_metrics, methods=["GET"]),
+    ]
     return Starlette(
         routes=routes,
         lifespan=lifespan or _no_lifespan,
