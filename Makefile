@@ -7,7 +7,7 @@ GRPC_PORT ?= 8001
 HOST ?= 127.0.0.1
 SERVE_ARGS ?=
 
-.PHONY: serve test lint format examples proto bench clean
+.PHONY: serve test lint format examples proto bench bench-peers clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "modelport needs Python 3.11+"'
@@ -47,6 +47,11 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	bash benchmarks/setup_loadgen.sh
 	$(BIN)/python benchmarks/serving_http.py
+
+# modelport next to the peers (needs: bash ../shared/bench/setup.sh torch perf fastapi mlserver pytriton)
+bench-peers: $(VENV)/.installed-dev
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	bash benchmarks/run_peers.sh $${TAG:-run} $${DURATION:-5}
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -21,4 +21,4 @@ for model in mlp cnn; do
     --loaders wrk --dur "$dur" --warm 1 --tag "$tag"
 done
 "$py" summarize.py --tags "$tag" | tee "$PEERS/results/summary_$tag.md"
-"$root/.venv/bin/python" "$here/plot_peers.py" --tag "$tag" --out "$here/results/peers-$tag.png"
+"$root/.venv/bin/python" "$here/plot_peers.py" --tag "$tag" --out "$here/results/peers-$tag.png"  # rename to peers-DATE-TAG.png when committing
