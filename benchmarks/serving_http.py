@@ -38,7 +38,6 @@ import platform
 import re
 import shlex
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -61,6 +60,7 @@ from loadgen import (
     tool_version,
     wrk_point,
 )
+from machine import cpu_model, git_state, versions
 from report import Meta, markdown, plot, rich_table
 from rich.progress import (
     BarColumn,
@@ -84,44 +84,7 @@ OUTPUT_NAME = "output"
 
 
 # ----------------------------------------------------------------------------------------------
-# results
-
-
-# ----------------------------------------------------------------------------------------------
 # small helpers
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def git_state() -> str:
-    """Commit of the checkout, plus how many files under src/ differ from it."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "src"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.splitlines()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    n = len(dirty)
-    return f"{head} ({n} file{'' if n == 1 else 's'} under src/ modified)" if n else head
 
 
 def percentiles_ms(latencies_s: np.ndarray) -> tuple[float, float]:
@@ -300,18 +263,6 @@ def sigterm_as_exit() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
-
-
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    def v(name: str) -> str:
-        try:
-            return md.version(name)
-        except md.PackageNotFoundError:
-            return "unknown"
-
-    return {"onnxruntime": ort.__version__, "modelport": v("modelport"), "numpy": np.__version__}
 
 
 def run(a: argparse.Namespace) -> int:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
@@ -21,14 +22,22 @@ from modelport.core.manager import STABLE, served_versions
 from modelport.repository import publish as repo_publish
 from modelport.repository.local import LocalRepository
 
-REPOSITORY = click.option(
-    "--model-repository",
-    "repository",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar="MODELPORT_MODEL_REPOSITORY",
-    required=True,
-    help="The model repository (or MODELPORT_MODEL_REPOSITORY).",
-)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def repository_option(*, required: bool) -> Callable[[F], F]:
+    return click.option(
+        "--model-repository",
+        "repository",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar="MODELPORT_MODEL_REPOSITORY",
+        required=required,
+        default=None,
+        help="The model repository (or MODELPORT_MODEL_REPOSITORY).",
+    )
+
+
+REPOSITORY = repository_option(required=True)
 URL = click.option(
     "--url",
     default=None,
@@ -144,14 +153,7 @@ def rollback(name: str, to: int | None, repository: Path, url: str | None) -> No
 
 
 @click.command()
-@click.option(
-    "--model-repository",
-    "repository",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar="MODELPORT_MODEL_REPOSITORY",
-    default=None,
-    help="Read the repository on disk.",
-)
+@repository_option(required=False)
 @click.option("--url", default=None, help="Ask a running server (http://HOST:PORT).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def models(repository: Path | None, url: str | None, as_json: bool) -> None:
@@ -200,15 +202,10 @@ def _rows_from_disk(repository: Path) -> list[dict[str, Any]]:
         config = definition.config
         served = set(served_versions(config, list(definition.versions)))
         for version in sorted(definition.versions):
-            row: dict[str, Any] = {
+            row = {
                 "name": name,
                 "version": str(version),
                 "state": "SERVED" if version in served else "NOT SERVED",
             }
-            labels = sorted(k for k, v in config.labels.items() if v == version)
-            if labels:
-                row["labels"] = labels
-            if version in config.traffic:
-                row["traffic"] = config.traffic[version]
-            rows.append(row)
+            rows.append(row | config.routing(version))
     return rows

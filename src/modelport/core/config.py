@@ -177,6 +177,16 @@ class ModelConfig(_Strict):
     """How requests that name no version are split between versions, by weight (`{3: 90, 4: 10}`).
     Without it they go to the newest ready version."""
 
+    def routing(self, version: int) -> dict[str, Any]:
+        """The labels naming a version and its traffic share, as index rows show them."""
+        fields: dict[str, Any] = {}
+        labels = sorted(label for label, number in self.labels.items() if number == version)
+        if labels:
+            fields["labels"] = labels
+        if version in self.traffic:
+            fields["traffic"] = self.traffic[version]
+        return fields
+
     @field_validator("labels")
     @classmethod
     def _label_names(cls, labels: dict[str, int]) -> dict[str, int]:

@@ -39,6 +39,7 @@ log = logging.getLogger("modelport.models")
 
 _VERSION = re.compile(r"[1-9][0-9]{0,17}")
 STABLE = "stable"
+_NO_CONFIG = ModelConfig()
 """Requests that name no version go to the version with this label when no traffic split is set."""
 
 
@@ -315,7 +316,7 @@ class ModelManager:
         if not ready:
             reason = f" ({record.error})" if record.error else _reasons(record.versions.values())
             raise ModelNotReady(f"model '{record.name}' has no ready version{reason}")
-        config = record.config or ModelConfig()
+        config = record.config or _NO_CONFIG
         weighted = [(v, config.traffic[v.version]) for v in ready if config.traffic.get(v.version)]
         if weighted:
             versions, weights = zip(*weighted, strict=True)
@@ -342,12 +343,6 @@ class ModelManager:
         for record in list(self._records.values()):
             yield from list(record.versions.values())
 
-    def labels(self, name: str) -> dict[str, int]:
-        record = self._records.get(name)
-        if record is None:
-            raise ModelNotFound(f"unknown model '{name}'")
-        return dict(record.config.labels) if record.config is not None else {}
-
     async def index(self) -> list[dict[str, Any]]:
         """One row per model version (and one per model with none, loaded or not), in Triton's
         shape, plus the labels and traffic share of each version."""
@@ -360,20 +355,15 @@ class ModelManager:
                 continue
             if not record.versions:
                 rows.append({"name": name, "state": "UNAVAILABLE", "reason": record.error})
-            config = record.config or ModelConfig()
+            config = record.config or _NO_CONFIG
             for entry in sorted(record.versions.values(), key=lambda v: v.version):
-                row: dict[str, Any] = {
+                row = {
                     "name": name,
                     "version": entry.version_str,
                     "state": entry.state.value,
                     "reason": entry.reason,
                 }
-                labels = [k for k, v in sorted(config.labels.items()) if v == entry.version]
-                if labels:
-                    row["labels"] = labels
-                if entry.version in config.traffic:
-                    row["traffic"] = config.traffic[entry.version]
-                rows.append(row)
+                rows.append(row | config.routing(entry.version))
         return rows
 
     def failed(self) -> list[str]:
@@ -406,7 +396,7 @@ def _serving(config: ModelConfig) -> ModelConfig:
 def _version_number(record: ModelRecord, version: str) -> int:
     if _VERSION.fullmatch(version):
         return int(version)
-    labels = record.config.labels if record.config is not None else {}
+    labels = (record.config or _NO_CONFIG).labels
     if version in labels:
         return labels[version]
     raise ModelNotFound(

@@ -105,8 +105,9 @@ class InferenceServer:
         """
         start = time.perf_counter_ns()
         validated = entry is not None and entry.ready
-        if entry is None or not entry.ready:  # retired since the frontend looked it up
+        if not validated:  # no entry given, or it was retired since the frontend looked it up
             entry = self.manager.resolve(request.model_name, request.model_version)
+        assert entry is not None
         guard, batcher, recorder = entry.guard, entry.batcher, entry.recorder
         assert guard is not None and batcher is not None and recorder is not None
         entry.enter()

@@ -22,10 +22,9 @@ import yaml
 
 from modelport.core.config import ModelConfig, parse_config
 from modelport.core.errors import ModelNotFound
+from modelport.core.manager import STABLE
+from modelport.repository.local import CONFIG_FILE
 from modelport.repository.paths import VERSION_DIR, model_dir
-
-CONFIG_FILE = "config.yaml"
-STABLE = "stable"
 
 
 class PublishError(Exception):

@@ -65,7 +65,7 @@ def decode_request(
     wanted = tuple(dict.fromkeys(output.name for output in message.outputs)) or None
     if wanted is not None:
         guard.check_outputs(wanted)
-    parameters = _parameters(message.parameters)
+    parameters = parameter_values(message.parameters)
     return InferRequest(
         model_name=model,
         model_version=version,
@@ -102,15 +102,8 @@ def _from_contents(
     return wide.astype(target, copy=False).reshape(shape)
 
 
-def _parameters(parameters: Any) -> dict[str, Any]:
-    return {
-        key: getattr(value, value.WhichOneof("parameter_choice") or "bool_param")
-        for key, value in parameters.items()
-    }
-
-
-def repository_parameters(parameters: Any) -> dict[str, Any]:
-    """ModelRepositoryParameter map -> plain values (bytes_param stays bytes)."""
+def parameter_values(parameters: Any) -> dict[str, Any]:
+    """A protobuf parameter map (InferParameter or ModelRepositoryParameter) -> plain values."""
     return {
         key: getattr(value, value.WhichOneof("parameter_choice") or "bool_param")
         for key, value in parameters.items()

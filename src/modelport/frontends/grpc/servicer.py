@@ -109,7 +109,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
-        parameters = codec.repository_parameters(request.parameters)
+        parameters = codec.parameter_values(request.parameters)
         config = model_control.load_config(request.model_name, parameters)
         await self.server.load_model(request.model_name, config)
         return pb.RepositoryModelLoadResponse()
@@ -118,7 +118,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
-        model_control.check_unload_parameters(codec.repository_parameters(request.parameters))
+        model_control.check_unload_parameters(codec.parameter_values(request.parameters))
         await self.server.unload_model(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 

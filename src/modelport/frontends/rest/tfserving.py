@@ -179,15 +179,13 @@ def _from_columns(inputs: Any, specs: dict[str, TensorSpec]) -> dict[str, np.nda
 
 def _array(value: Any, spec: TensorSpec, where: str) -> np.ndarray:
     if spec.datatype is DataType.BYTES:
-        array = np.array(_decode_binary(value), dtype=object)
-        return array
+        return np.array(_decode_binary(value), dtype=object)
     try:
-        array = np.array(value, dtype=spec.datatype.numpy_dtype)
+        return np.array(value, dtype=spec.datatype.numpy_dtype)
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidInput(
             f"{where}: not a regular nested list of {spec.datatype.value} values ({exc})"
         ) from None
-    return array
 
 
 def _decode_binary(value: Any) -> Any:
