@@ -21,25 +21,17 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
+    ).stdout
+
+
 def git_state() -> str:
     """Commit of the checkout, plus how many files under src/ differ from it."""
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "src"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.splitlines()
+        head = _git("rev-parse", "--short", "HEAD").strip()
+        dirty = _git("status", "--porcelain", "--", "src").splitlines()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     n = len(dirty)
