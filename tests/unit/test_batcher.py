@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -11,6 +11,27 @@ import pytest
 
 from modelport.core.batcher import DynamicBatcher
 from modelport.core.errors import DeadlineExceeded, InvalidInput, ModelNotReady, ServerBusy
+from modelport.core.runtime import Signature
+from modelport.runtimes.executor import ThreadHost
+
+Infer = Callable[[dict[str, np.ndarray], Any], dict[str, np.ndarray]]
+
+
+class FunctionModel:
+    """A LoadedModel around a plain function, so batches run on a real ThreadHost."""
+
+    def __init__(self, infer: Infer) -> None:
+        self.infer = infer
+
+    def signature(self) -> Signature:
+        return Signature((), ())
+
+    def close(self) -> None:
+        pass
+
+
+def threads(infer: Infer, instances: int = 1) -> ThreadHost:
+    return ThreadHost([FunctionModel(infer)], instances, "test")
 
 
 class Recorder:
@@ -35,8 +56,7 @@ def make(run: Recorder, **options: Any) -> DynamicBatcher:
     options.setdefault("batched", True)
     batcher = DynamicBatcher(
         "test model",
-        run,
-        ThreadPoolExecutor(max_workers=options.get("instances", 1)),
+        threads(run, options.get("instances", 1)).run,
         on_execution=lambda size, ns: executions.append((size, ns)),
         **options,
     )
@@ -169,8 +189,7 @@ def test_outputs_that_do_not_split_make_each_member_run_alone() -> None:
     async def main() -> None:
         batcher = DynamicBatcher(
             "broken",
-            broken,
-            ThreadPoolExecutor(1),
+            threads(broken).run,
             batched=True,
             max_batch_size=8,
             max_queue_delay=0.05,
@@ -192,8 +211,7 @@ def test_one_bad_member_does_not_fail_the_others() -> None:
     async def main() -> None:
         batcher = DynamicBatcher(
             "picky",
-            picky,
-            ThreadPoolExecutor(1),
+            threads(picky).run,
             batched=True,
             max_batch_size=8,
             max_queue_delay=0.05,

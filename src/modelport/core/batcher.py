@@ -17,8 +17,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
-from concurrent.futures import Executor
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,7 +33,8 @@ from modelport.core.errors import (
 log = logging.getLogger("modelport.batcher")
 
 Arrays = dict[str, np.ndarray]
-RunBatch = Callable[[Arrays, tuple[str, ...] | None], Arrays]
+RunBatch = Callable[[Arrays, tuple[str, ...] | None], Awaitable[tuple[Arrays, int]]]
+"""Runs one batch off the event loop; returns the outputs and the compute time in ns."""
 ExecutionHook = Callable[[int, int], None]
 """Called after each run of the model with (batch size, compute ns)."""
 
@@ -62,7 +62,6 @@ class DynamicBatcher:
         self,
         label: str,
         run: RunBatch,
-        executor: Executor,
         *,
         batched: bool,
         max_batch_size: int = 1,
@@ -74,7 +73,6 @@ class DynamicBatcher:
     ) -> None:
         self._label = label
         self._run = run
-        self._executor = executor
         self._batched = batched
         self._max = max_batch_size if batched else 1
         self._delay_ns = int(max_queue_delay * 1e9) if batched else 0
@@ -218,10 +216,7 @@ class DynamicBatcher:
         started = time.perf_counter_ns()
         inputs = _concatenate([p.inputs for p in members])
         wanted = _union([p.outputs for p in members])
-        loop = asyncio.get_running_loop()
-        outputs, infer_ns = await loop.run_in_executor(
-            self._executor, _timed, self._run, inputs, wanted
-        )
+        outputs, infer_ns = await self._run(inputs, wanted)
         sizes = [p.size for p in members]
         parts = _split(self._label, outputs, sizes) if len(members) > 1 else [outputs]
         if self._on_execution is not None:
@@ -242,12 +237,6 @@ class DynamicBatcher:
         self._queue.clear()
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
-
-
-def _timed(run: RunBatch, inputs: Arrays, outputs: tuple[str, ...] | None) -> tuple[Arrays, int]:
-    start = time.perf_counter_ns()
-    result = run(inputs, outputs)
-    return result, time.perf_counter_ns() - start
 
 
 def _shape_key(inputs: Arrays) -> tuple[object, ...]:

@@ -107,6 +107,12 @@ class RuntimeOptions(_Strict):
     execution_providers: tuple[str, ...] = ()
     graph_optimization_level: GraphOptimizationLevel = "all"
     allow_spinning: bool | None = None
+    executor: Literal["auto", "thread", "process"] = "auto"
+    """Where batches run: `thread` (a thread per instance), `process` (a worker process per
+    instance, each with its own copy of the model), or `auto`: threads for runtimes that release
+    the GIL, processes for those that hold it."""
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:[0-9]{1,2})?)$")
+    """For runtimes that place the model on a device (torch): auto picks CUDA when present."""
 
 
 _DELAY_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
@@ -158,6 +164,29 @@ class DynamicBatching(_Strict):
         return tuple(sorted(set(sizes)))
 
 
+class PipelineStep(_Strict):
+    """One model a pipeline calls, and how its tensors connect to the pipeline's."""
+
+    model: str = Field(min_length=1)
+    version: str | None = None
+    """A version number or label; by default the step's model routes as usual."""
+    inputs: dict[str, str] = Field(default_factory=dict)
+    """Step input name -> pipeline tensor it reads (a pipeline input or an earlier output)."""
+    outputs: dict[str, str] = Field(default_factory=dict)
+    """Step output name -> pipeline tensor it writes."""
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _connected(self) -> PipelineStep:
+        if not self.inputs or not self.outputs:
+            raise ValueError(f"step '{self.model}' needs at least one input and one output")
+        return self
+
+
 class ModelConfig(_Strict):
     name: str | None = None
     platform: str | None = None
@@ -176,6 +205,12 @@ class ModelConfig(_Strict):
     traffic: dict[int, float] = Field(default_factory=dict)
     """How requests that name no version are split between versions, by weight (`{3: 90, 4: 10}`).
     Without it they go to the newest ready version."""
+    trust: bool = False
+    """Allow model files that run code when loaded (pickle, joblib). Only for files you made."""
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    """The model file's SHA-256; a file that does not match is refused."""
+    pipeline: tuple[PipelineStep, ...] = ()
+    """Other models run in order as one (Triton's ensembles); inputs/outputs are the pipeline's."""
 
     def routing(self, version: int) -> dict[str, Any]:
         """The labels naming a version and its traffic share, as index rows show them."""
@@ -224,7 +259,38 @@ class ModelConfig(_Strict):
             names = [t.name for t in tensors]
             if len(names) != len(set(names)):
                 raise ValueError(f"duplicate {kind} names in {names}")
+        if self.pipeline:
+            _check_pipeline(self)
         return self
+
+
+def _check_pipeline(config: ModelConfig) -> None:
+    """Every step reads tensors that exist by then, each tensor has one producer, and every
+    pipeline output is produced."""
+    if config.platform not in (None, "pipeline"):
+        raise ValueError(f"a pipeline's platform is 'pipeline', not '{config.platform}'")
+    if not config.inputs or not config.outputs:
+        raise ValueError("a pipeline lists its inputs and outputs in config.yaml")
+    available = {tensor.name for tensor in config.inputs}
+    for number, step in enumerate(config.pipeline, 1):
+        if config.name is not None and step.model == config.name:
+            raise ValueError(f"pipeline step {number} calls the pipeline itself")
+        missing = sorted(set(step.inputs.values()) - available)
+        if missing:
+            raise ValueError(
+                f"pipeline step {number} ('{step.model}') reads {missing}, which no pipeline "
+                "input or earlier step provides"
+            )
+        for tensor in step.outputs.values():
+            if tensor in available:
+                raise ValueError(
+                    f"pipeline step {number} ('{step.model}') writes '{tensor}', which already "
+                    "exists; every tensor has one producer"
+                )
+            available.add(tensor)
+    unproduced = sorted({tensor.name for tensor in config.outputs} - available)
+    if unproduced:
+        raise ValueError(f"pipeline outputs {unproduced} are not written by any step")
 
 
 def parse_config(text: str, name: str, source: str = "the config") -> ModelConfig:

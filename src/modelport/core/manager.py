@@ -24,8 +24,9 @@ from modelport.core.errors import (
     ModelNotReady,
     ModelportError,
 )
-from modelport.core.runtime import Runtime
-from modelport.core.signature import resolve_signature
+from modelport.core.pipeline import Pipeline
+from modelport.core.runtime import ModelHost, Runtime, Signature
+from modelport.core.signature import ServingSignature, resolve_signature
 from modelport.core.validate import InputGuard, Limits
 from modelport.core.versions import (
     ModelState,
@@ -70,6 +71,12 @@ class ModelSource(Protocol):
 
 class RuntimeResolver(Protocol):
     def runtime_for(self, version_dir: Path, config: ModelConfig) -> Runtime: ...
+
+    def host(
+        self, runtime: Runtime, version_dir: Path, config: ModelConfig, label: str
+    ) -> ModelHost:
+        """Load the version's instances where the runtime's capabilities say they should run."""
+        ...
 
 
 class InferenceObserver(Protocol):
@@ -228,36 +235,64 @@ class ModelManager:
             current.reason = f"reloading failed, the previous load keeps serving: {entry.reason}"
 
     def _load_version(self, entry: ModelVersion) -> None:
+        if entry.config.pipeline:
+            self._load_pipeline(entry)
+            return
+        host = None
         try:
             runtime = self._runtimes.runtime_for(entry.path, entry.config)
             model_file = runtime.find_model_file(entry.path, entry.config)
             if model_file is not None and not self._source.contains(model_file):
                 raise ModelLoadError(f"{model_file.name} links outside the model repository")
-            model = runtime.load(entry.path, entry.config)
-            try:
-                signature = apply_batching(
-                    resolve_signature(model.signature(), entry.config), entry.config
-                )
-            except ModelportError:
-                model.close()
-                raise
-        except ModelportError as exc:
-            self._fail(entry, exc.message)
-            return
-        except Exception as exc:  # a runtime's own error: report it, keep serving the rest
-            self._fail(entry, f"{type(exc).__name__}: {exc}")
+            label = f"{entry.name}-{entry.version}"
+            host = self._runtimes.host(runtime, entry.path, entry.config, label)
+            signature = apply_batching(
+                resolve_signature(host.signature(), entry.config), entry.config
+            )
+        except Exception as exc:  # a runtime's own error too: report it, keep serving the rest
+            if host is not None:
+                host.close()
+            reason = exc.message if isinstance(exc, ModelportError) else _describe(exc)
+            self._fail(entry, reason)
             return
         entry.platform = runtime.platform
         entry.triton_platform = runtime.triton_platform
-        entry.model = model
+        entry.host = host
+        self._ready(entry, signature)
+        entry.batcher = build_scheduler(entry, host, signature)
+        log.info(
+            "model %s version %d is READY (%s, %d %s instance(s))",
+            entry.name,
+            entry.version,
+            runtime.platform,
+            entry.config.instance_count,
+            host.kind,
+        )
+
+    def _load_pipeline(self, entry: ModelVersion) -> None:
+        try:
+            declared = Signature(
+                tuple(t.spec() for t in entry.config.inputs),
+                tuple(t.spec() for t in entry.config.outputs),
+            )
+            signature = resolve_signature(declared, entry.config)
+        except ModelportError as exc:
+            self._fail(entry, exc.message)
+            return
+        entry.platform = "pipeline"
+        entry.triton_platform = "ensemble"
+        entry.pipeline = Pipeline(entry.name, entry.config)
+        self._ready(entry, signature)
+        steps = " -> ".join(step.model for step in entry.config.pipeline)
+        log.info("model %s version %d is READY (pipeline: %s)", entry.name, entry.version, steps)
+
+    def _ready(self, entry: ModelVersion, signature: ServingSignature) -> None:
         entry.signature = signature
         entry.guard = InputGuard(
             signature.inputs, signature.outputs, signature.max_batch_size, self._limits
         )
         entry.recorder = self._observer.recorder(entry.name, entry.version_str)
-        entry.executor, entry.batcher = build_scheduler(entry, model, signature)
         entry.state = ModelState.READY
-        log.info("model %s version %d is READY (%s)", entry.name, entry.version, runtime.platform)
 
     def _fail(self, entry: ModelVersion, reason: str) -> None:
         entry.reason = reason
@@ -270,7 +305,7 @@ class ModelManager:
             self._observer.model_state(entry.name, entry.version_str, state.value)
 
     async def _retire(self, entry: ModelVersion, *, wait: bool = True) -> None:
-        was_serving = entry.model is not None
+        was_serving = entry.serving
         self._set_state(entry, ModelState.UNAVAILABLE)
         if not was_serving:
             return
@@ -421,3 +456,7 @@ __all__ = [
     "RuntimeResolver",
     "VersionRecorder",
 ]
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"

@@ -1,4 +1,5 @@
-"""The backend contract: a Runtime loads one model version into a LoadedModel that runs batches."""
+"""The backend contract: a Runtime loads one model version into a LoadedModel that runs batches,
+and a ModelHost runs those batches off the event loop (threads or worker processes)."""
 
 from __future__ import annotations
 
@@ -60,3 +61,23 @@ class Runtime(Protocol):
         ...
 
     def load(self, version_dir: Path, config: ModelConfig) -> LoadedModel: ...
+
+
+Arrays = dict[str, np.ndarray]
+
+
+class ModelHost(Protocol):
+    """A loaded version's instances and where they run; the batcher hands it whole batches."""
+
+    kind: str
+    """'thread' or 'process': how the batches of this version run."""
+
+    def signature(self) -> Signature: ...
+
+    async def run(self, inputs: Arrays, outputs: tuple[str, ...] | None) -> tuple[Arrays, int]:
+        """Run one batch on a free instance; returns the outputs and the compute time in ns."""
+        ...
+
+    def close(self) -> None:
+        """Stop the instances (blocking: called from a worker thread)."""
+        ...

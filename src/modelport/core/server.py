@@ -109,7 +109,7 @@ class InferenceServer:
             entry = self.manager.resolve(request.model_name, request.model_version)
         assert entry is not None
         guard, batcher, recorder = entry.guard, entry.batcher, entry.recorder
-        assert guard is not None and batcher is not None and recorder is not None
+        assert guard is not None and recorder is not None
         entry.enter()
         recorder.in_flight(1)
         try:
@@ -117,8 +117,16 @@ class InferenceServer:
                 guard.check_arrays(request.inputs)
                 if request.outputs is not None:
                     guard.check_outputs(request.outputs)
-            result = await batcher.submit(request.inputs, request.outputs, request.timeout)
-            outputs = _select(entry, result.outputs, request.outputs)
+            if entry.pipeline is not None:
+                outputs = await entry.pipeline.run(
+                    request.inputs, request.outputs, self.infer, request.timeout
+                )
+                queue_ns, infer_ns = 0, time.perf_counter_ns() - start
+            else:
+                assert batcher is not None
+                result = await batcher.submit(request.inputs, request.outputs, request.timeout)
+                outputs = _select(entry, result.outputs, request.outputs)
+                queue_ns, infer_ns = result.queue_ns, result.infer_ns
         except ModelportError as exc:
             self.record_rejected(entry, exc, start)
             raise
@@ -131,10 +139,10 @@ class InferenceServer:
             now_ms=time.time_ns() // 1_000_000,
             batch_size=batch,
             total_ns=elapsed,
-            queue_ns=result.queue_ns,
-            infer_ns=result.infer_ns,
+            queue_ns=queue_ns,
+            infer_ns=infer_ns,
         )
-        recorder.success(elapsed / 1e9, result.infer_ns / 1e9, result.queue_ns / 1e9, batch)
+        recorder.success(elapsed / 1e9, infer_ns / 1e9, queue_ns / 1e9, batch)
         return InferResponse(
             model_name=entry.name,
             model_version=entry.version_str,

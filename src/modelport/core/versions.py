@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -16,7 +15,8 @@ from typing import Protocol
 from modelport.core.batcher import DynamicBatcher
 from modelport.core.config import ModelConfig
 from modelport.core.errors import ConfigError
-from modelport.core.runtime import LoadedModel
+from modelport.core.pipeline import Pipeline
+from modelport.core.runtime import ModelHost
 from modelport.core.signature import ServingSignature
 from modelport.core.stats import VersionStats
 from modelport.core.validate import InputGuard
@@ -53,12 +53,13 @@ class ModelVersion:
     reason: str = ""
     platform: str = ""
     triton_platform: str = ""
-    model: LoadedModel | None = None
+    host: ModelHost | None = None
+    """Where the loaded model runs; None for a pipeline, which runs other models."""
+    pipeline: Pipeline | None = None
     signature: ServingSignature | None = None
     guard: InputGuard | None = None
     recorder: VersionRecorder | None = None
     batcher: DynamicBatcher | None = None
-    executor: ThreadPoolExecutor | None = None
     stats: VersionStats = field(default_factory=VersionStats)
     in_flight: int = 0
     _idle: asyncio.Event | None = None
@@ -87,16 +88,19 @@ class ModelVersion:
             self._idle = asyncio.Event()
             await self._idle.wait()
 
+    @property
+    def serving(self) -> bool:
+        """Whether anything was loaded that must be drained and closed."""
+        return self.host is not None or self.pipeline is not None
+
     async def close(self) -> None:
         """Stop the scheduler and release the model (after drained())."""
         if self.batcher is not None:
             await self.batcher.close()
-        executor, model = self.executor, self.model
-        self.batcher = self.executor = self.model = None
-        if executor is not None:
-            await asyncio.to_thread(executor.shutdown, wait=True)
-        if model is not None:
-            await asyncio.to_thread(model.close)
+        host = self.host
+        self.batcher = self.host = self.pipeline = None
+        if host is not None:
+            await asyncio.to_thread(host.close)
 
 
 def apply_batching(signature: ServingSignature, config: ModelConfig) -> ServingSignature:
@@ -114,9 +118,9 @@ def apply_batching(signature: ServingSignature, config: ModelConfig) -> ServingS
 
 
 def build_scheduler(
-    entry: ModelVersion, model: LoadedModel, signature: ServingSignature
-) -> tuple[ThreadPoolExecutor, DynamicBatcher]:
-    """The threads (one per instance) and the batcher that run this version's requests."""
+    entry: ModelVersion, host: ModelHost, signature: ServingSignature
+) -> DynamicBatcher:
+    """The batcher that queues this version's requests and hands batches to its host."""
     config = entry.config
     batching = config.dynamic_batching
     stats, recorder = entry.stats, entry.recorder
@@ -127,13 +131,9 @@ def build_scheduler(
         recorder.execution(batch_size)
 
     label = f"model '{entry.name}' version {entry.version}"
-    executor = ThreadPoolExecutor(
-        max_workers=config.instance_count, thread_name_prefix=f"{entry.name}-{entry.version}"
-    )
-    batcher = DynamicBatcher(
+    return DynamicBatcher(
         label,
-        model.infer,
-        executor,
+        host.run,
         batched=batching is not None,
         max_batch_size=signature.max_batch_size,
         max_queue_delay=batching.max_queue_delay if batching else 0.0,
@@ -142,4 +142,3 @@ def build_scheduler(
         instances=config.instance_count,
         on_execution=executed,
     )
-    return executor, batcher

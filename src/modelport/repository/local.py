@@ -51,6 +51,9 @@ class LocalRepository:
             config = self._config(directory, name)
         except ValueError as exc:
             return ModelDefinition(name, ModelConfig(), versions, str(exc), fingerprints)
+        if config.pipeline and not versions:
+            # A pipeline has no files of its own; Triton wants an empty 1/, we do not.
+            versions, fingerprints = {1: directory}, {1: fingerprint(directory)}
         return ModelDefinition(name, config, versions, None, fingerprints)
 
     def model_fingerprint(self, name: str) -> str:

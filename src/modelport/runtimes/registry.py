@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from importlib import import_module
 from importlib.metadata import entry_points
 from pathlib import Path
 
 from modelport.core.config import ModelConfig
 from modelport.core.errors import ConfigError, MissingDependency
-from modelport.core.runtime import Runtime
+from modelport.core.runtime import ModelHost, Runtime
+from modelport.runtimes.executor import host_model
 
 log = logging.getLogger("modelport.runtimes")
 
@@ -18,13 +20,42 @@ ENTRY_POINT_GROUP = "modelport.runtimes"
 RuntimeFactory = Callable[[], Runtime]
 
 
-def _onnx() -> Runtime:
-    from modelport.runtimes.onnx import OnnxRuntime
+def _builtin(module: str, cls: str) -> RuntimeFactory:
+    def factory() -> Runtime:
+        runtime: Runtime = getattr(import_module(f"modelport.runtimes.{module}"), cls)()
+        return runtime
 
-    return OnnxRuntime()
+    return factory
 
 
-BUILTIN: dict[str, RuntimeFactory] = {"onnx": _onnx}
+BUILTIN: dict[str, RuntimeFactory] = {
+    "onnx": _builtin("onnx", "OnnxRuntime"),
+    "torch": _builtin("torch_runtime", "TorchRuntime"),
+    "sklearn": _builtin("tabular", "SklearnRuntime"),
+    "xgboost": _builtin("tabular", "XGBoostRuntime"),
+    "lightgbm": _builtin("tabular", "LightGBMRuntime"),
+    "tensorflow": _builtin("tensorflow_runtime", "TensorFlowRuntime"),
+    "python": _builtin("python_model", "PythonRuntime"),
+}
+
+MODEL_FILES: dict[str, str] = {
+    "model.onnx": "onnx",
+    "model.pt": "torch",
+    "model.pt2": "torch",
+    "model.joblib": "sklearn",
+    "model.pkl": "sklearn",
+    "model.json": "xgboost",
+    "model.ubj": "xgboost",
+    "model.txt": "lightgbm",
+    "model.savedmodel": "tensorflow",
+    "model.keras": "tensorflow",
+    "model.h5": "tensorflow",
+    "model.py": "python",
+}
+"""The file-name convention: which platform a version directory's model file implies. Looking
+it up needs no framework imported."""
+
+_BY_SUFFIX = {Path(name).suffix: platform for name, platform in MODEL_FILES.items()}
 
 
 class RuntimeRegistry:
@@ -59,22 +90,49 @@ class RuntimeRegistry:
         try:
             runtime = factory()
         except ImportError as exc:
+            extra = platform if platform in BUILTIN else None
+            how = f"pip install 'modelport[{extra}]'" if extra else f"pip install {exc.name}"
             raise MissingDependency(
-                f"platform '{platform}' needs a package that is not installed ({exc.name}); "
-                f"install it with: pip install 'modelport[{platform}]'"
+                f"platform '{platform}' needs {exc.name}, which is not installed; "
+                f"install it with: {how}"
             ) from exc
         self._instances[platform] = runtime
         return runtime
 
     def runtime_for(self, version_dir: Path, config: ModelConfig) -> Runtime:
-        """The runtime config.yaml names, or the one whose model file is in version_dir."""
+        """The runtime config.yaml names, or the one the model file's name implies."""
         if config.platform:
             return self.get(config.platform)
-        for platform in self.platforms:
+        custom = config.default_model_filename
+        if custom and (version_dir / custom).exists():
+            platform = MODEL_FILES.get(custom) or _BY_SUFFIX.get(Path(custom).suffix)
+            if platform is None:
+                raise ConfigError(
+                    f"cannot tell the platform of {custom} from its name; set `platform:` "
+                    "in config.yaml"
+                )
+            return self.get(platform)
+        found = [name for name in MODEL_FILES if (version_dir / name).exists()]
+        platforms = list(dict.fromkeys(MODEL_FILES[name] for name in found))
+        if len(platforms) > 1:
+            raise ConfigError(
+                f"{version_dir.name}/ holds {', '.join(found)}, which belong to different "
+                f"platforms ({', '.join(platforms)}); name one with `platform:` in config.yaml"
+            )
+        if platforms:
+            return self.get(platforms[0])
+        for platform in self.platforms:  # third-party runtimes know their own file names
+            if platform in BUILTIN:
+                continue
             runtime = self.get(platform)
             if runtime.find_model_file(version_dir, config) is not None:
                 return runtime
         raise ConfigError(
             f"no model file found in {version_dir.name}/ and config.yaml names no platform "
-            "(expected e.g. model.onnx)"
+            f"(expected one of {', '.join(MODEL_FILES)})"
         )
+
+    def host(
+        self, runtime: Runtime, version_dir: Path, config: ModelConfig, label: str
+    ) -> ModelHost:
+        return host_model(runtime, version_dir, config, label)

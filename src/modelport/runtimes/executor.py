@@ -1,0 +1,208 @@
+"""Where a model version's batches run, chosen from what its runtime declares.
+
+Runtimes that release the GIL (onnxruntime, torch, xgboost, tensorflow) run on a thread per
+instance in the server process. Runtimes that hold it (scikit-learn, plain Python models) would
+starve the event loop that parses every request, so each instance is a worker process with its own
+copy of the model, and batches travel to it pickled. `runtime.executor` in config.yaml overrides
+the choice; benchmarks/runtimes.py measures it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import multiprocessing
+import queue
+import signal
+import threading
+import time
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from modelport.core.config import ModelConfig
+from modelport.core.errors import InferenceFailed, ModelLoadError, ModelportError
+from modelport.core.runtime import Arrays, LoadedModel, ModelHost, Runtime, Signature
+
+log = logging.getLogger("modelport.executor")
+
+Outputs = tuple[str, ...] | None
+
+
+def host_model(runtime: Runtime, version_dir: Path, config: ModelConfig, label: str) -> ModelHost:
+    """Load a version's instances where its runtime should run them (blocking)."""
+    model_file = runtime.find_model_file(version_dir, config)
+    if config.sha256 is not None:
+        check_sha256(model_file, config.sha256)
+    mode = config.runtime.executor
+    if mode == "auto":
+        mode = "thread" if runtime.capabilities.releases_gil else "process"
+    if mode == "process":
+        return ProcessHost(runtime.platform, version_dir, config, label)
+    copies = 1 if runtime.capabilities.thread_safe else config.instance_count
+    models: list[LoadedModel] = []
+    try:
+        for _ in range(copies):
+            models.append(runtime.load(version_dir, config))
+    except BaseException:
+        for model in models:
+            model.close()
+        raise
+    return ThreadHost(models, config.instance_count, label)
+
+
+def check_sha256(path: Path | None, expected: str) -> None:
+    if path is None or not path.is_file():
+        raise ModelLoadError("sha256 in config.yaml pins a single model file, and there is none")
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    actual = digest.hexdigest()
+    if actual != expected.lower():
+        raise ModelLoadError(
+            f"{path.name} has sha256 {actual}, but config.yaml pins {expected.lower()}; "
+            "the file changed since it was pinned"
+        )
+
+
+def _timed(infer: object, inputs: Arrays, outputs: Outputs) -> tuple[Arrays, int]:
+    start = time.perf_counter_ns()
+    result = infer(inputs, outputs)  # type: ignore[operator]
+    return result, time.perf_counter_ns() - start
+
+
+class ThreadHost:
+    """Instances as threads of this process. A runtime that is not thread-safe gets one copy of
+    the model per instance, and each batch borrows a free copy."""
+
+    kind = "thread"
+
+    def __init__(self, models: list[LoadedModel], instances: int, label: str) -> None:
+        self._models = models
+        self._pool = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=label)
+        self._free: queue.SimpleQueue[LoadedModel] | None = None
+        if len(models) > 1:
+            self._free = queue.SimpleQueue()
+            for model in models:
+                self._free.put(model)
+        self._infer = models[0].infer if self._free is None else self._borrowed
+
+    def signature(self) -> Signature:
+        return self._models[0].signature()
+
+    async def run(self, inputs: Arrays, outputs: Outputs) -> tuple[Arrays, int]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, _timed, self._infer, inputs, outputs)
+
+    def _borrowed(self, inputs: Arrays, outputs: Outputs) -> Arrays:
+        assert self._free is not None
+        model = self._free.get()
+        try:
+            return model.infer(inputs, outputs)
+        finally:
+            self._free.put(model)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        for model in self._models:
+            model.close()
+
+
+class ProcessHost:
+    """Instances as worker processes (spawned, never forked: the server runs threads and gRPC),
+    each loading its own copy of the model. A worker that dies is replaced by a fresh pool."""
+
+    kind = "process"
+
+    def __init__(self, platform: str, version_dir: Path, config: ModelConfig, label: str) -> None:
+        self._spec = (platform, str(version_dir), config)
+        self._instances = config.instance_count
+        self._label = label
+        self._lock = threading.Lock()
+        self._pool = self._start_pool()
+        try:
+            self._signature = self._warm(self._pool)
+        except BaseException:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+    def _start_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self._instances,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_load,
+            initargs=self._spec,
+        )
+
+    def _warm(self, pool: Executor) -> Signature:
+        """Start every worker now (each loads the model before its first task), so the first
+        request does not pay for it and a load error fails the load, not a request."""
+        futures = [pool.submit(_worker_signature) for _ in range(self._instances)]
+        try:
+            signatures = [future.result() for future in futures]
+        except BrokenProcessPool:
+            raise ModelLoadError(f"a worker process for {self._label} exited while loading") from None
+        return signatures[0]
+
+    def signature(self) -> Signature:
+        return self._signature
+
+    async def run(self, inputs: Arrays, outputs: Outputs) -> tuple[Arrays, int]:
+        loop = asyncio.get_running_loop()
+        pool = self._pool
+        try:
+            return await loop.run_in_executor(pool, _worker_infer, inputs, outputs)
+        except BrokenProcessPool:
+            await asyncio.to_thread(self._replace, pool)
+            raise InferenceFailed(
+                f"a worker process of {self._label} exited while running this batch; it has been "
+                "replaced"
+            ) from None
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._pool is not broken:
+                return  # another failed batch already replaced it
+            log.error("%s: a worker process died; starting a new pool", self._label)
+            broken.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._start_pool()
+
+    def close(self) -> None:
+        with self._lock:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ---- inside a worker process ---------------------------------------------------------------
+
+_worker_model: LoadedModel | None = None
+_worker_error: ModelportError | None = None
+
+
+def _worker_load(platform: str, version_dir: str, config: ModelConfig) -> None:
+    global _worker_model, _worker_error
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when workers stop
+    from modelport.runtimes.registry import RuntimeRegistry
+
+    try:
+        _worker_model = RuntimeRegistry().get(platform).load(Path(version_dir), config)
+    except ModelportError as exc:
+        _worker_error = exc
+    except Exception as exc:
+        _worker_error = ModelLoadError(f"{type(exc).__name__}: {exc}")
+
+
+def _loaded() -> LoadedModel:
+    if _worker_error is not None:
+        raise _worker_error
+    assert _worker_model is not None
+    return _worker_model
+
+
+def _worker_signature() -> Signature:
+    return _loaded().signature()
+
+
+def _worker_infer(inputs: Arrays, outputs: Outputs) -> tuple[Arrays, int]:
+    return _timed(_loaded().infer, inputs, outputs)
