@@ -246,6 +246,13 @@ class ModelConfig(_Strict):
             raise ValueError("traffic weights must not all be 0")
         return traffic
 
+    @field_validator("sha256", mode="before")
+    @classmethod
+    def _quoted_digest(cls, value: object) -> object:
+        if value is not None and not isinstance(value, str):
+            raise ValueError("write the digest as a quoted string: sha256: \"9f2c...\"")
+        return value
+
     @field_validator("default_model_filename")
     @classmethod
     def _plain_file_name(cls, value: str | None) -> str | None:

@@ -143,7 +143,9 @@ class ProcessHost:
         try:
             signatures = [future.result() for future in futures]
         except BrokenProcessPool:
-            raise ModelLoadError(f"a worker process for {self._label} exited while loading") from None
+            raise ModelLoadError(
+                f"a worker process for {self._label} exited while loading the model"
+            ) from None
         return signatures[0]
 
     def signature(self) -> Signature:

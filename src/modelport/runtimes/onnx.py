@@ -10,9 +10,10 @@ import numpy as np
 import onnxruntime as ort
 
 from modelport.core.config import ModelConfig, RuntimeOptions
-from modelport.core.errors import ConfigError, InvalidInput, ModelLoadError
+from modelport.core.errors import ConfigError, ModelLoadError
 from modelport.core.runtime import Capabilities, Signature
 from modelport.core.types import DataType, TensorSpec
+from modelport.runtimes.common import to_bytes, to_str
 
 log = logging.getLogger("modelport.runtimes.onnx")
 
@@ -126,13 +127,13 @@ class OnnxModel:
         feed = inputs
         if self._string_inputs:
             feed = {
-                name: _to_str(name, array) if name in self._string_inputs else array
+                name: to_str(name, array) if name in self._string_inputs else array
                 for name, array in inputs.items()
             }
         names = list(outputs) if outputs else [spec.name for spec in self._outputs]
         results = self._session.run(names, feed)
         return {
-            name: _to_bytes(value) if value.dtype == object else value
+            name: to_bytes(value) if value.dtype == object else value
             for name, value in zip(names, results, strict=True)
         }
 
@@ -149,25 +150,3 @@ def _spec(arg: Any) -> TensorSpec:
     shape = arg.shape if isinstance(arg.shape, list) else []
     dims = tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in shape)
     return TensorSpec(arg.name, datatype, dims)
-
-
-def _to_str(name: str, array: np.ndarray) -> np.ndarray:
-    """ONNX string tensors take Python str; the core carries bytes."""
-    out = np.empty(array.shape, dtype=object)
-    flat_in, flat_out = array.reshape(-1), out.reshape(-1)
-    try:
-        for i, item in enumerate(flat_in):
-            flat_out[i] = item.decode("utf-8") if isinstance(item, bytes) else str(item)
-    except UnicodeDecodeError:
-        raise InvalidInput(
-            f"input '{name}': element {i} is not valid UTF-8, which ONNX string tensors require"
-        ) from None
-    return out
-
-
-def _to_bytes(array: np.ndarray) -> np.ndarray:
-    out = np.empty(array.shape, dtype=object)
-    flat_in, flat_out = array.reshape(-1), out.reshape(-1)
-    for i, item in enumerate(flat_in):
-        flat_out[i] = item.encode("utf-8") if isinstance(item, str) else bytes(item)
-    return out
