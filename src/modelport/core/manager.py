@@ -38,6 +38,9 @@ from modelport.core.versions import (
 
 log = logging.getLogger("modelport.models")
 
+LOAD_CONCURRENCY = 4
+"""Models loaded at once at startup (Triton's model_load_thread_count defaults to 4 too)."""
+
 _VERSION = re.compile(r"[1-9][0-9]{0,17}")
 STABLE = "stable"
 _NO_CONFIG = ModelConfig()
@@ -122,14 +125,20 @@ class ModelManager:
     # ---- changing what serves -------------------------------------------------------------
 
     async def load_all(self, names: Iterable[str] | None = None) -> None:
-        """Load the named models (default: every model in the source), one at a time."""
+        """Load the named models (default: every model in the source), a few at a time: loads
+        wait on disk, framework imports and worker processes more than on the CPU."""
         if names is None:
             names = await asyncio.to_thread(self._source.model_names)
-        for name in names:
-            try:
-                await self.sync(name)
-            except ModelNotFound as exc:
-                log.error("cannot load %s: %s", name, exc.message)
+        slots = asyncio.Semaphore(LOAD_CONCURRENCY)
+
+        async def load(name: str) -> None:
+            async with slots:
+                try:
+                    await self.sync(name)
+                except ModelNotFound as exc:
+                    log.error("cannot load %s: %s", name, exc.message)
+
+        await asyncio.gather(*(load(name) for name in names))
 
     async def load(self, name: str, config: ModelConfig | None = None) -> None:
         """Load or reload a model (the model control API); raises if a version failed."""
