@@ -1,6 +1,12 @@
-"""Regenerate the bundled example repository: python scripts/make_examples.py"""
+"""Regenerate the bundled example repository's ONNX files: python scripts/make_examples.py
+
+The Python models (sentiment_tokenize, sentiment_label) and the sentiment pipeline are source
+files kept in the repository as they are.
+"""
 
 from __future__ import annotations
+
+import numpy as np
 
 from modelport.examples import onnx_models
 from modelport.settings import EXAMPLE_REPOSITORY
@@ -23,11 +29,17 @@ runtime:
 }
 
 
+# (positive words, negative words) -> (negative, neutral, positive) logits
+SENTIMENT_WEIGHTS = np.array([[-1.5, 0.0, 1.5], [1.5, 0.0, -1.5]])
+SENTIMENT_BIAS = np.array([0.0, 0.75, 0.0])
+
+
 def main() -> None:
     models = {
         "add_sub": onnx_models.add_sub("FP32", 16),
         "mlp_classifier": onnx_models.mlp((16, 32, 4), seed=7),
         "text_lower": onnx_models.text_lower(),
+        "sentiment_classify": onnx_models.linear(SENTIMENT_WEIGHTS, SENTIMENT_BIAS),
     }
     for name, model in models.items():
         version_dir = EXAMPLE_REPOSITORY / name / "1"

@@ -21,11 +21,25 @@ def test_bundled_examples_serve_without_a_repository(tmp_path: Path) -> None:
         assert "serving the bundled examples" in server.log_text()
         with triton.InferenceServerClient(server.url) as client:
             index = {row["name"]: row["state"] for row in client.get_model_repository_index()}
-            assert index == {"add_sub": "READY", "mlp_classifier": "READY", "text_lower": "READY"}
+            assert set(index.values()) == {"READY"}
+            assert set(index) == {
+                "add_sub",
+                "mlp_classifier",
+                "text_lower",
+                "sentiment",
+                "sentiment_tokenize",
+                "sentiment_classify",
+                "sentiment_label",
+            }
             tensor = triton.InferInput("input", [2, 16], "FP32")
             tensor.set_data_from_numpy(np.ones((2, 16), dtype=np.float32))
             assert client.infer("mlp_classifier", [tensor]).as_numpy("output").shape == (2, 4)
             assert client.get_model_config("mlp_classifier")["max_batch_size"] == 64
+            reviews = ["Great phone, love it", "slow and broken", "it arrived on Tuesday"]
+            text = triton.InferInput("TEXT", [3], "BYTES")
+            text.set_data_from_numpy(np.array([r.encode() for r in reviews], dtype=object))
+            labels = client.infer("sentiment", [text]).as_numpy("LABEL")
+            assert [label.decode() for label in labels] == ["positive", "negative", "neutral"]
 
 
 def test_metrics_count_success_failure_and_latency(server: Server) -> None:

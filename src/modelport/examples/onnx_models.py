@@ -101,6 +101,22 @@ def mlp(sizes: Sequence[int] = (64, 256, 256, 10), seed: int = 0) -> onnx.ModelP
     return _model(graph)
 
 
+def linear(weight: np.ndarray, bias: np.ndarray) -> onnx.ModelProto:
+    """output = input @ weight + bias, FP32: input [N, rows] -> output [N, columns]."""
+    fan_in, fan_out = weight.shape
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["input", "W", "B"], ["output"])],
+        "linear",
+        [_value("input", "FP32", ["N", fan_in])],
+        [_value("output", "FP32", ["N", fan_out])],
+        initializer=[
+            numpy_helper.from_array(weight.astype(np.float32), "W"),
+            numpy_helper.from_array(bias.astype(np.float32), "B"),
+        ],
+    )
+    return _model(graph)
+
+
 def identity(datatype: str, shape: Sequence[Dim] = ("N", 4)) -> onnx.ModelProto:
     """x -> y unchanged, for any datatype (string tensors too)."""
     graph = helper.make_graph(
