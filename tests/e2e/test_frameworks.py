@@ -342,6 +342,9 @@ def test_three_step_pipeline_serves_as_one_model(server: Server) -> None:
         np.testing.assert_allclose(got["SCORE"], scores, rtol=1e-5)
     meta = httpx.get(f"{server.base}/v2/models/sentiment").json()
     assert meta["platform"] == "ensemble"
+    steps = httpx.get(f"{server.base}/v2/models/sentiment/config").json()["ensemble_scheduling"]
+    assert [step["model_name"] for step in steps["step"]] == ["tokenize", "classify", "labeller"]
+    assert steps["step"][1]["input_map"] == {"input": "features"}
     classify = httpx.get(f"{server.base}/v2/models/classify/stats").json()["model_stats"][0]
     assert classify["inference_count"] >= 2 * len(TEXTS)  # its step ran through the server
 

@@ -250,7 +250,7 @@ class ModelConfig(_Strict):
     @classmethod
     def _quoted_digest(cls, value: object) -> object:
         if value is not None and not isinstance(value, str):
-            raise ValueError("write the digest as a quoted string: sha256: \"9f2c...\"")
+            raise ValueError('write the digest as a quoted string: sha256: "9f2c..."')
         return value
 
     @field_validator("default_model_filename")

@@ -7,7 +7,12 @@ from typing import Any
 from modelport.core.types import TensorSpec
 from modelport.core.versions import ModelVersion
 
-_BACKENDS = {"onnxruntime_onnx": "onnxruntime"}
+_BACKENDS = {
+    "onnxruntime_onnx": "onnxruntime",
+    "pytorch_libtorch": "pytorch",
+    "tensorflow_savedmodel": "tensorflow",
+    "ensemble": "",
+}
 
 
 def model_config(entry: ModelVersion) -> dict[str, Any]:
@@ -52,6 +57,18 @@ def model_config(entry: ModelVersion) -> dict[str, Any]:
         "default_model_filename": entry.config.default_model_filename or "",
         "parameters": {},
     }
+    if entry.config.pipeline:
+        config["ensemble_scheduling"] = {
+            "step": [
+                {
+                    "model_name": step.model,
+                    "model_version": int(step.version) if (step.version or "").isdigit() else -1,
+                    "input_map": dict(step.inputs),
+                    "output_map": dict(step.outputs),
+                }
+                for step in entry.config.pipeline
+            ]
+        }
     batching = entry.config.dynamic_batching
     if batching is not None:
         config["dynamic_batching"] = {
