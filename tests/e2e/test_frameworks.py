@@ -4,8 +4,11 @@ pipeline, each served by a real `modelport serve` and compared with the framewor
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import os
 import pickle
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -360,3 +363,30 @@ def test_pipeline_errors_name_the_step(server: Server) -> None:
     )
     assert wrong.status_code == 400 and "TEXT" in wrong.json()["error"]
     assert server.alive()
+
+
+def test_workers_exit_when_the_server_is_killed(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (fw.version_dir(repo, "tokenize", config=TOKENIZE_CONFIG) / "model.py").write_text(fw.TOKENIZER)
+    with run_server(repo, tmp_path / "server.log") as server:
+        texts = np.array([b"a"], dtype=object)
+        worker = int(infer_http(server, "tokenize", {"TEXT": texts})["PID"][0])
+        assert worker != server.process.pid
+        server.process.kill()  # no chance to stop its workers itself
+        server.process.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _running(worker):
+        time.sleep(0.2)
+    assert not _running(worker), "a worker process outlived its server"
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's new parent may be slow to reap it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    with contextlib.suppress(OSError):
+        return "\nState:\tZ" not in status.read_text()
+    return True

@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import logging
 import multiprocessing
+import os
 import queue
 import signal
 import threading
@@ -28,6 +29,8 @@ from modelport.core.runtime import Arrays, LoadedModel, ModelHost, Runtime, Sign
 log = logging.getLogger("modelport.executor")
 
 Outputs = tuple[str, ...] | None
+
+PARENT_CHECK_SECS = 1.0
 
 
 def host_model(runtime: Runtime, version_dir: Path, config: ModelConfig, label: str) -> ModelHost:
@@ -185,6 +188,7 @@ _worker_error: ModelportError | None = None
 def _worker_load(platform: str, version_dir: str, config: ModelConfig) -> None:
     global _worker_model, _worker_error
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when workers stop
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     from modelport.runtimes.registry import RuntimeRegistry
 
     try:
@@ -193,6 +197,13 @@ def _worker_load(platform: str, version_dir: str, config: ModelConfig) -> None:
         _worker_error = exc
     except Exception as exc:
         _worker_error = ModelLoadError(f"{type(exc).__name__}: {exc}")
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A server killed outright (SIGKILL, OOM) cannot stop its workers; they notice and exit."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECS)
+    os._exit(0)
 
 
 def _loaded() -> LoadedModel:
