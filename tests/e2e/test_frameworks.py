@@ -369,15 +369,28 @@ def test_workers_exit_when_the_server_is_killed(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     (fw.version_dir(repo, "tokenize", config=TOKENIZE_CONFIG) / "model.py").write_text(fw.TOKENIZER)
     with run_server(repo, tmp_path / "server.log") as server:
-        texts = np.array([b"a"], dtype=object)
-        worker = int(infer_http(server, "tokenize", {"TEXT": texts})["PID"][0])
-        assert worker != server.process.pid
+        children = _children(server.process.pid)
+        workers = [pid for pid in children if "spawn_main" in _command(pid)]
+        assert len(workers) == 2  # instance_count: 2, both started at load
         server.process.kill()  # no chance to stop its workers itself
         server.process.wait()
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _running(worker):
+    while time.monotonic() < deadline and any(_running(pid) for pid in children):
         time.sleep(0.2)
-    assert not _running(worker), "a worker process outlived its server"
+    assert not [pid for pid in children if _running(pid)], "processes outlived their server"
+
+
+def _children(pid: int) -> list[int]:
+    """Every thread's children: workers are spawned from the thread that loaded the model."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            children += [int(child) for child in (task / "children").read_text().split()]
+    return children
+
+
+def _command(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
 def _running(pid: int) -> bool:

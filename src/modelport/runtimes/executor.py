@@ -31,6 +31,8 @@ log = logging.getLogger("modelport.executor")
 Outputs = tuple[str, ...] | None
 
 PARENT_CHECK_SECS = 1.0
+WARM_TIMEOUT_SECS = 300.0
+WARM_TASK_SECS = 0.05
 
 
 def host_model(runtime: Runtime, version_dir: Path, config: ModelConfig, label: str) -> ModelHost:
@@ -136,20 +138,31 @@ class ProcessHost:
             max_workers=self._instances,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_load,
-            initargs=self._spec,
+            initargs=(os.getpid(), *self._spec),
         )
 
     def _warm(self, pool: Executor) -> Signature:
-        """Start every worker now (each loads the model before its first task), so the first
-        request does not pay for it and a load error fails the load, not a request."""
-        futures = [pool.submit(_worker_signature) for _ in range(self._instances)]
-        try:
-            signatures = [future.result() for future in futures]
-        except BrokenProcessPool:
-            raise ModelLoadError(
-                f"a worker process for {self._label} exited while loading the model"
-            ) from None
-        return signatures[0]
+        """Start every worker now and wait until each has loaded the model, so the first
+        request does not pay for it and a load error fails the load, not a request. One worker
+        may take several warm-up tasks while another is still starting: ask until each answered."""
+        seen: dict[int, Signature] = {}
+        deadline = time.monotonic() + WARM_TIMEOUT_SECS
+        while len(seen) < self._instances:
+            if time.monotonic() > deadline:
+                raise ModelLoadError(
+                    f"{self._label}: {len(seen)} of {self._instances} worker processes loaded "
+                    f"the model within {WARM_TIMEOUT_SECS:g} s"
+                )
+            futures = [pool.submit(_worker_signature) for _ in range(self._instances - len(seen))]
+            try:
+                for future in futures:
+                    pid, signature = future.result()
+                    seen[pid] = signature
+            except BrokenProcessPool:
+                raise ModelLoadError(
+                    f"a worker process for {self._label} exited while loading the model"
+                ) from None
+        return next(iter(seen.values()))
 
     def signature(self) -> Signature:
         return self._signature
@@ -185,10 +198,10 @@ _worker_model: LoadedModel | None = None
 _worker_error: ModelportError | None = None
 
 
-def _worker_load(platform: str, version_dir: str, config: ModelConfig) -> None:
+def _worker_load(server: int, platform: str, version_dir: str, config: ModelConfig) -> None:
     global _worker_model, _worker_error
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when workers stop
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    threading.Thread(target=_exit_with_parent, args=(server,), daemon=True).start()
     from modelport.runtimes.registry import RuntimeRegistry
 
     try:
@@ -201,7 +214,7 @@ def _worker_load(platform: str, version_dir: str, config: ModelConfig) -> None:
 
 def _exit_with_parent(parent: int) -> None:
     """A server killed outright (SIGKILL, OOM) cannot stop its workers; they notice and exit."""
-    while os.getppid() == parent:
+    while os.getppid() == parent:  # false at once if the server died while this one started
         time.sleep(PARENT_CHECK_SECS)
     os._exit(0)
 
@@ -213,8 +226,10 @@ def _loaded() -> LoadedModel:
     return _worker_model
 
 
-def _worker_signature() -> Signature:
-    return _loaded().signature()
+def _worker_signature() -> tuple[int, Signature]:
+    signature = _loaded().signature()
+    time.sleep(WARM_TASK_SECS)  # hold this worker so a sibling still starting takes the next
+    return os.getpid(), signature
 
 
 def _worker_infer(inputs: Arrays, outputs: Outputs) -> tuple[Arrays, int]:
