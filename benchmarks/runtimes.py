@@ -17,6 +17,7 @@ p99 shows whether the model starves the event loop that answers every request.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import http.client
 import statistics
@@ -25,7 +26,6 @@ import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,12 +201,10 @@ def served(
     try:
         ready = server.wait_ready(120)
         points = {}
+        probe = LivenessProbe(server.http_port)
         for concurrency in (1, 16):
             task = progress.add_task(f"{variant.family} {variant.label} c={concurrency}", total=1)
-            probe_context: Callable[[], Any] = (
-                (lambda: LivenessProbe(server.http_port)) if concurrency == 16 else _Nothing
-            )
-            with probe_context() as probe:
+            with probe if concurrency == 16 else contextlib.nullcontext():
                 points[concurrency] = perf_analyzer_point(
                     tools,
                     server.http_port,
@@ -219,19 +217,9 @@ def served(
                     progress=progress,
                     task=task,
                 )
-            if isinstance(probe, LivenessProbe):
-                live_p99 = probe.p99()
-        return points, live_p99, ready
+        return points, probe.p99(), ready
     finally:
         server.stop()
-
-
-class _Nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def slug(text: str) -> str:

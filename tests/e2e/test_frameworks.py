@@ -188,12 +188,16 @@ def _v2(dtype: np.dtype[Any]) -> str:
 # ---- torch ----------------------------------------------------------------------------------
 
 
+def assert_matches_torch(module: Any, x: np.ndarray, logits: np.ndarray, best: np.ndarray) -> None:
+    expected_logits, expected_best = module(torch.from_numpy(x))
+    np.testing.assert_allclose(logits, expected_logits.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(best, expected_best.numpy())
+
+
 def test_torchscript_matches_torch(server: Server, originals: dict[str, Any]) -> None:
     x = np.random.default_rng(0).normal(size=(5, 16)).astype(np.float32)
     got = infer_http(server, "torch_script", {"features": x})
-    logits, best = originals["torch"](torch.from_numpy(x))
-    np.testing.assert_allclose(got["logits"], logits.detach().numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(got["best"], best.numpy())
+    assert_matches_torch(originals["torch"], x, got["logits"], got["best"])
 
 
 def test_exported_program_carries_its_signature(server: Server, originals: dict[str, Any]) -> None:
@@ -203,9 +207,7 @@ def test_exported_program_carries_its_signature(server: Server, originals: dict[
     assert [o["name"] for o in meta["outputs"]] == ["output_0", "output_1"]
     x = np.random.default_rng(1).normal(size=(3, 16)).astype(np.float32)
     got = infer_grpc(server, "torch_export", {"features": x})
-    logits, best = originals["torch"](torch.from_numpy(x))
-    np.testing.assert_allclose(got["output_0"], logits.detach().numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(got["output_1"], best.numpy())
+    assert_matches_torch(originals["torch"], x, got["output_0"], got["output_1"])
 
 
 # ---- scikit-learn ---------------------------------------------------------------------------

@@ -51,7 +51,7 @@ class Recorder:
         return {"y": x * 2, "n": np.full((x.shape[0],), x.shape[0])}
 
 
-def make(run: Recorder, **options: Any) -> DynamicBatcher:
+def make(run: Infer, **options: Any) -> DynamicBatcher:
     executions: list[tuple[int, int]] = []
     options.setdefault("batched", True)
     batcher = DynamicBatcher(
@@ -187,13 +187,7 @@ def test_outputs_that_do_not_split_make_each_member_run_alone() -> None:
         return {"y": np.zeros((1,), np.float32)}
 
     async def main() -> None:
-        batcher = DynamicBatcher(
-            "broken",
-            threads(broken).run,
-            batched=True,
-            max_batch_size=8,
-            max_queue_delay=0.05,
-        )
+        batcher = make(broken, max_batch_size=8, max_queue_delay=0.05)
         results = await asyncio.gather(*(batcher.submit(rows(i, 1), None) for i in range(3)))
         assert calls == [3, 1, 1, 1]
         assert all(r.outputs["y"].shape == (1,) for r in results)
@@ -209,13 +203,7 @@ def test_one_bad_member_does_not_fail_the_others() -> None:
         return {"y": inputs["x"] * 2}
 
     async def main() -> None:
-        batcher = DynamicBatcher(
-            "picky",
-            threads(picky).run,
-            batched=True,
-            max_batch_size=8,
-            max_queue_delay=0.05,
-        )
+        batcher = make(picky, max_batch_size=8, max_queue_delay=0.05)
         good, bad, other = await asyncio.gather(
             batcher.submit(rows(1, 2), None),
             batcher.submit(rows(-1, 1), None),

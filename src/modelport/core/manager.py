@@ -279,12 +279,8 @@ class ModelManager:
         )
 
     def _load_pipeline(self, entry: ModelVersion) -> None:
-        try:
-            declared = Signature(
-                tuple(t.spec() for t in entry.config.inputs),
-                tuple(t.spec() for t in entry.config.outputs),
-            )
-            signature = resolve_signature(declared, entry.config)
+        try:  # declaring nothing: the tensors are the ones config.yaml lists
+            signature = resolve_signature(Signature((), ()), entry.config)
         except ModelportError as exc:
             self._fail(entry, exc.message)
             return
@@ -449,6 +445,10 @@ def _version_number(record: ModelRecord, version: str) -> int:
     )
 
 
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _reasons(versions: Iterable[ModelVersion]) -> str:
     failed = [f"version {v.version}: {v.reason}" for v in versions if v.reason]
     return f" ({'; '.join(failed)})" if failed else ""
@@ -465,7 +465,3 @@ __all__ = [
     "RuntimeResolver",
     "VersionRecorder",
 ]
-
-
-def _describe(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {exc}"

@@ -26,11 +26,17 @@ MAX_DEPTH = 8
 _depth: contextvars.ContextVar[int] = contextvars.ContextVar("pipeline_depth", default=0)
 
 
+Step = tuple[int, PipelineStep, tuple[str, ...]]
+"""A step's number (from 1), the step, and the outputs it asks its model for."""
+
+
 class Pipeline:
     def __init__(self, name: str, config: ModelConfig) -> None:
         self.name = name
         self.steps = config.pipeline
         self.outputs = tuple(tensor.name for tensor in config.outputs)
+        self._waves: dict[frozenset[str], list[list[Step]]] = {}
+        """Per set of wanted outputs (the guard allows only declared ones, so it stays small)."""
 
     def plan(self, wanted: tuple[str, ...] | None) -> list[tuple[int, PipelineStep]]:
         """The steps needed for the wanted outputs, in order (numbered from 1)."""
@@ -41,6 +47,24 @@ class Pipeline:
                 chosen.append((number, step))
                 needed.update(step.inputs.values())
         return chosen[::-1]
+
+    def waves(self, wanted: tuple[str, ...] | None) -> list[list[Step]]:
+        """The plan grouped into rounds: a step runs in the round after the last one that
+        writes a tensor it reads. Computed once per set of wanted outputs."""
+        key = frozenset(wanted or self.outputs)
+        cached = self._waves.get(key)
+        if cached is not None:
+            return cached
+        round_of: dict[str, int] = {}  # tensor -> round that writes it (absent: an input)
+        waves: list[list[Step]] = []
+        for number, step in self.plan(tuple(key)):
+            level = max((round_of.get(t, -1) for t in step.inputs.values()), default=-1) + 1
+            if level == len(waves):
+                waves.append([])
+            waves[level].append((number, step, tuple(step.outputs)))
+            round_of.update(dict.fromkeys(step.outputs.values(), level))
+        self._waves[key] = waves
+        return waves
 
     async def run(
         self, inputs: Arrays, wanted: tuple[str, ...] | None, call: CallModel, timeout: float | None
@@ -54,36 +78,25 @@ class Pipeline:
         token = _depth.set(depth)
         try:
             tensors = dict(inputs)
-            remaining = self.plan(wanted)
-            while remaining:
-                ready = [
-                    (number, step)
-                    for number, step in remaining
-                    if all(source in tensors for source in step.inputs.values())
-                ]
+            for wave in self.waves(wanted):
                 produced = await asyncio.gather(
-                    *(self._step(number, step, tensors, call, timeout) for number, step in ready)
+                    *(self._step(step, tensors, call, timeout) for step in wave)
                 )
                 for outputs in produced:
                     tensors.update(outputs)
-                remaining = [item for item in remaining if item not in ready]
         finally:
             _depth.reset(token)
         return {name: tensors[name] for name in wanted or self.outputs}
 
     async def _step(
-        self,
-        number: int,
-        step: PipelineStep,
-        tensors: Arrays,
-        call: CallModel,
-        timeout: float | None,
+        self, planned: Step, tensors: Arrays, call: CallModel, timeout: float | None
     ) -> Arrays:
+        number, step, outputs = planned
         request = InferRequest(
             model_name=step.model,
             inputs={name: tensors[source] for name, source in step.inputs.items()},
             model_version=step.version,
-            outputs=tuple(step.outputs),
+            outputs=outputs,
             timeout=timeout,
         )
         try:

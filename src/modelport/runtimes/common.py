@@ -3,13 +3,36 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from modelport.core.config import ModelConfig
-from modelport.core.errors import ConfigError, InvalidInput
+from modelport.core.errors import ConfigError, InvalidInput, ModelLoadError
 from modelport.core.runtime import Signature
 from modelport.core.types import TensorSpec
+
+
+def find_model_file(
+    version_dir: Path, config: ModelConfig, names: Sequence[str], *, directories: bool = False
+) -> Path | None:
+    """The first of `names` (or config.yaml's default_model_filename) in version_dir; with
+    `directories`, a directory of that name counts too (a SavedModel is one)."""
+    present = Path.exists if directories else Path.is_file
+    for name in (config.default_model_filename,) if config.default_model_filename else names:
+        if present(version_dir / name):
+            return version_dir / name
+    return None
+
+
+def require_model_file(
+    version_dir: Path, config: ModelConfig, names: Sequence[str], *, directories: bool = False
+) -> Path:
+    path = find_model_file(version_dir, config, names, directories=directories)
+    if path is None:
+        wanted = config.default_model_filename or " or ".join(names)
+        raise ModelLoadError(f"{version_dir.name}/{wanted} not found")
+    return path
 
 
 def configured(config: ModelConfig) -> Signature:

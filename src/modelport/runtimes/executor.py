@@ -18,6 +18,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -29,6 +30,7 @@ from modelport.core.runtime import Arrays, LoadedModel, ModelHost, Runtime, Sign
 log = logging.getLogger("modelport.executor")
 
 Outputs = tuple[str, ...] | None
+Infer = Callable[[Arrays, Outputs], Arrays]
 
 PARENT_CHECK_SECS = 1.0
 WARM_TIMEOUT_SECS = 300.0
@@ -72,9 +74,9 @@ def check_sha256(path: Path | None, expected: str) -> None:
         )
 
 
-def _timed(infer: object, inputs: Arrays, outputs: Outputs) -> tuple[Arrays, int]:
+def _timed(infer: Infer, inputs: Arrays, outputs: Outputs) -> tuple[Arrays, int]:
     start = time.perf_counter_ns()
-    result = infer(inputs, outputs)  # type: ignore[operator]
+    result = infer(inputs, outputs)
     return result, time.perf_counter_ns() - start
 
 

@@ -13,7 +13,7 @@ from modelport.core.config import ModelConfig, RuntimeOptions
 from modelport.core.errors import ConfigError, ModelLoadError
 from modelport.core.runtime import Capabilities, Signature
 from modelport.core.types import DataType, TensorSpec
-from modelport.runtimes.common import to_bytes, to_str
+from modelport.runtimes.common import find_model_file, require_model_file, to_bytes, to_str
 
 log = logging.getLogger("modelport.runtimes.onnx")
 
@@ -55,14 +55,10 @@ class OnnxRuntime:
     capabilities = Capabilities(thread_safe=True, releases_gil=True)
 
     def find_model_file(self, version_dir: Path, config: ModelConfig) -> Path | None:
-        path = version_dir / (config.default_model_filename or DEFAULT_FILENAME)
-        return path if path.is_file() else None
+        return find_model_file(version_dir, config, (DEFAULT_FILENAME,))
 
     def load(self, version_dir: Path, config: ModelConfig) -> OnnxModel:
-        path = self.find_model_file(version_dir, config)
-        if path is None:
-            name = config.default_model_filename or DEFAULT_FILENAME
-            raise ModelLoadError(f"{version_dir.name}/{name} not found")
+        path = require_model_file(version_dir, config, (DEFAULT_FILENAME,))
         options = session_options(config.runtime)
         providers = choose_providers(config.runtime.execution_providers)
         try:

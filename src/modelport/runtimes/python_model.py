@@ -28,7 +28,12 @@ from modelport.core.config import ModelConfig
 from modelport.core.errors import InferenceFailed, ModelLoadError
 from modelport.core.runtime import Capabilities, Signature
 from modelport.core.types import DataType
-from modelport.runtimes.common import require_configured, to_bytes
+from modelport.runtimes.common import (
+    find_model_file,
+    require_configured,
+    require_model_file,
+    to_bytes,
+)
 
 FILENAME = "model.py"
 CLASS_NAME = "Model"
@@ -52,13 +57,10 @@ class PythonRuntime:
     capabilities = Capabilities(thread_safe=False, releases_gil=False)
 
     def find_model_file(self, version_dir: Path, config: ModelConfig) -> Path | None:
-        path = version_dir / (config.default_model_filename or FILENAME)
-        return path if path.is_file() else None
+        return find_model_file(version_dir, config, (FILENAME,))
 
     def load(self, version_dir: Path, config: ModelConfig) -> PythonModel:
-        path = self.find_model_file(version_dir, config)
-        if path is None:
-            raise ModelLoadError(f"{version_dir.name}/ has no {FILENAME}")
+        path = require_model_file(version_dir, config, (FILENAME,))
         signature = require_configured(config, "a Python model's tensors are not in its code")
         cls = _model_class(path, config.name or "model", version_dir.name)
         try:

@@ -19,18 +19,17 @@ from modelport.core.config import ModelConfig
 from modelport.core.errors import ConfigError, InvalidInput, ModelLoadError
 from modelport.core.runtime import Capabilities, Signature
 from modelport.core.types import DataType, TensorSpec
-from modelport.runtimes.common import configured, to_bytes, to_str
+from modelport.runtimes.common import (
+    configured,
+    find_model_file,
+    require_model_file,
+    to_bytes,
+    to_str,
+)
 
 PREDICT = "predict"
 PROBA = "predict_proba"
 DEFAULT_INPUT = "input"
-
-
-def _find(version_dir: Path, config: ModelConfig, names: tuple[str, ...]) -> Path | None:
-    for name in (config.default_model_filename,) if config.default_model_filename else names:
-        if (version_dir / name).is_file():
-            return version_dir / name
-    return None
 
 
 def _inputs(
@@ -94,12 +93,10 @@ class SklearnRuntime:
     filenames = ("model.joblib", "model.pkl")
 
     def find_model_file(self, version_dir: Path, config: ModelConfig) -> Path | None:
-        return _find(version_dir, config, self.filenames)
+        return find_model_file(version_dir, config, self.filenames)
 
     def load(self, version_dir: Path, config: ModelConfig) -> SklearnModel:
-        path = self.find_model_file(version_dir, config)
-        if path is None:
-            raise ModelLoadError(f"{version_dir.name}/ has no {' or '.join(self.filenames)}")
+        path = require_model_file(version_dir, config, self.filenames)
         if not config.trust:
             raise ConfigError(
                 f"{path.name} is a pickle, and loading a pickle runs whatever code it holds. "
@@ -130,12 +127,10 @@ class SklearnModel(TabularModel):
             if hasattr(estimator, PROBA):
                 outputs.append(TensorSpec(PROBA, DataType.FP64, (-1, len(classes))))
         else:
-            outputs = [TensorSpec(PREDICT, DataType.FP64, self._regression_shape(inputs))]
+            targets = getattr(estimator, "n_outputs_", 1)
+            shape = (-1,) if targets == 1 else (-1, targets)
+            outputs = [TensorSpec(PREDICT, DataType.FP64, shape)]
         super().__init__(inputs, tuple(outputs))
-
-    def _regression_shape(self, inputs: tuple[TensorSpec, ...]) -> tuple[int, ...]:
-        targets = getattr(self._estimator, "n_outputs_", 1)
-        return (-1,) if targets == 1 else (-1, targets)
 
     def predict(self, inputs: dict[str, np.ndarray], wanted: tuple[str, ...]) -> dict[str, Any]:
         features = self.features(inputs, np.float64)
@@ -163,14 +158,12 @@ class XGBoostRuntime:
     filenames = ("model.json", "model.ubj")
 
     def find_model_file(self, version_dir: Path, config: ModelConfig) -> Path | None:
-        return _find(version_dir, config, self.filenames)
+        return find_model_file(version_dir, config, self.filenames)
 
     def load(self, version_dir: Path, config: ModelConfig) -> XGBoostModel:
         import xgboost
 
-        path = self.find_model_file(version_dir, config)
-        if path is None:
-            raise ModelLoadError(f"{version_dir.name}/ has no {' or '.join(self.filenames)}")
+        path = require_model_file(version_dir, config, self.filenames)
         booster = xgboost.Booster()
         try:
             booster.load_model(str(path))
@@ -228,14 +221,12 @@ class LightGBMRuntime:
     filenames = ("model.txt",)
 
     def find_model_file(self, version_dir: Path, config: ModelConfig) -> Path | None:
-        return _find(version_dir, config, self.filenames)
+        return find_model_file(version_dir, config, self.filenames)
 
     def load(self, version_dir: Path, config: ModelConfig) -> LightGBMModel:
         import lightgbm
 
-        path = self.find_model_file(version_dir, config)
-        if path is None:
-            raise ModelLoadError(f"{version_dir.name}/ has no {' or '.join(self.filenames)}")
+        path = require_model_file(version_dir, config, self.filenames)
         try:
             booster = lightgbm.Booster(model_file=str(path))
         except lightgbm.basic.LightGBMError as exc:

@@ -18,6 +18,7 @@ from modelport.core.config import ModelConfig
 from modelport.core.errors import ConfigError, InferenceFailed, ModelLoadError
 from modelport.core.runtime import Capabilities, Signature
 from modelport.core.types import DataType, TensorSpec
+from modelport.runtimes.common import find_model_file, require_model_file
 
 log = logging.getLogger("modelport.runtimes.tensorflow")
 
@@ -33,16 +34,10 @@ class TensorFlowRuntime:
     capabilities = Capabilities(thread_safe=True, releases_gil=True)
 
     def find_model_file(self, version_dir: Path, config: ModelConfig) -> Path | None:
-        names = (config.default_model_filename,) if config.default_model_filename else FILENAMES
-        for name in names:
-            if (version_dir / name).exists():
-                return version_dir / name
-        return None
+        return find_model_file(version_dir, config, FILENAMES, directories=True)
 
     def load(self, version_dir: Path, config: ModelConfig) -> TensorFlowModel:
-        path = self.find_model_file(version_dir, config)
-        if path is None:
-            raise ModelLoadError(f"{version_dir.name}/ has no {' or '.join(FILENAMES)}")
+        path = require_model_file(version_dir, config, FILENAMES, directories=True)
         _set_threads(config)
         try:
             if path.is_dir():

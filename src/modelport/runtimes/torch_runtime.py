@@ -18,7 +18,12 @@ from modelport.core.config import ModelConfig
 from modelport.core.errors import ConfigError, InferenceFailed, InvalidInput, ModelLoadError
 from modelport.core.runtime import Capabilities, Signature
 from modelport.core.types import DataType, TensorSpec
-from modelport.runtimes.common import configured, positional
+from modelport.runtimes.common import (
+    configured,
+    find_model_file,
+    positional,
+    require_model_file,
+)
 
 log = logging.getLogger("modelport.runtimes.torch")
 
@@ -43,16 +48,10 @@ class TorchRuntime:
     capabilities = Capabilities(thread_safe=True, releases_gil=True)
 
     def find_model_file(self, version_dir: Path, config: ModelConfig) -> Path | None:
-        names = (config.default_model_filename,) if config.default_model_filename else FILENAMES
-        for name in names:
-            if (version_dir / name).is_file():
-                return version_dir / name
-        return None
+        return find_model_file(version_dir, config, FILENAMES)
 
     def load(self, version_dir: Path, config: ModelConfig) -> TorchModel:
-        path = self.find_model_file(version_dir, config)
-        if path is None:
-            raise ModelLoadError(f"{version_dir.name}/ has no {' or '.join(FILENAMES)}")
+        path = require_model_file(version_dir, config, FILENAMES)
         _set_threads(config)
         device = _device(config.runtime.device)
         if path.suffix == ".pt2":
