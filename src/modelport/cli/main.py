@@ -8,6 +8,7 @@ import click
 
 from modelport.__about__ import __version__
 from modelport.cli import operate
+from modelport.cli import optimize as optimize_commands
 
 
 @click.group()
@@ -93,7 +94,13 @@ def serve(**options: object) -> None:
     )
 
 
-for command in (operate.deploy, operate.promote, operate.rollback, operate.models):
+for command in (
+    operate.deploy,
+    operate.promote,
+    operate.rollback,
+    operate.models,
+    *optimize_commands.COMMANDS,
+):
     cli.add_command(command)
 
 

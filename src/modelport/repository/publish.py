@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from modelport.core.errors import ModelNotFound
 from modelport.core.manager import STABLE
 from modelport.repository.local import CONFIG_FILE
 from modelport.repository.paths import VERSION_DIR, model_dir
+from modelport.runtimes.registry import MODEL_FILES
 
 
 class PublishError(Exception):
@@ -80,12 +82,17 @@ def publish(
     version: int | None = None,
     label: str | None = None,
     traffic: float | None = None,
+    extras: Sequence[Path] = (),
 ) -> Published:
     """Copy a model file (or directory) in as a new version, atomically; optionally label it and
-    give it a share of the traffic (the rest goes to the version labelled stable)."""
+    give it a share of the traffic (the rest goes to the version labelled stable). `extras`
+    (a report, say) are copied beside the model under their own names."""
     directory = _directory(repository, name)
     if not source.exists():
         raise PublishError(f"{source} does not exist")
+    for extra in extras:
+        if extra.name in MODEL_FILES or extra.name == _model_name(source):
+            raise PublishError(f"{extra.name} would be taken for a model file; rename it")
     existing = versions_on_disk(directory)
     number = version if version is not None else (max(existing, default=0) + 1)
     if number < 1:
@@ -104,6 +111,8 @@ def publish(
             shutil.copytree(source, staging / _model_name(source), dirs_exist_ok=False)
         else:
             shutil.copy2(source, staging / _model_name(source))
+        for extra in extras:
+            shutil.copy2(extra, staging / extra.name)
         if label:  # routing first: a label naming a version not yet on disk is ignored
             labels = dict(raw.get("labels") or {})
             labels[label] = number
@@ -167,7 +176,7 @@ def _directory(repository: Path, name: str) -> Path:
 
 def _model_name(source: Path) -> str:
     """Files follow the repository's naming convention: model.<extension>."""
-    if source.name.startswith("model."):
+    if source.name in MODEL_FILES:
         return source.name
     suffix = "".join(source.suffixes[-1:])
     return f"model{suffix}" if suffix else source.name

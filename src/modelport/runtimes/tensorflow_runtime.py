@@ -100,7 +100,7 @@ def _keras(path: Path) -> TensorFlowModel:
         _spec(name, tensor.dtype, tensor.shape)
         for name, tensor in zip(names, model.inputs, strict=True)
     )
-    output_names = list(model.output_names)
+    output_names = keras_output_names(model)
     outputs = tuple(
         _spec(name, tensor.dtype, tensor.shape)
         for name, tensor in zip(output_names, model.outputs, strict=True)
@@ -115,6 +115,15 @@ def _keras(path: Path) -> TensorFlowModel:
         return dict(zip(output_names, values, strict=True))
 
     return TensorFlowModel(call, Signature(inputs, outputs), owner=model)
+
+
+def keras_output_names(model: Any) -> list[str]:
+    """Functional models name their outputs; a Sequential model's output is named after the
+    layer that makes it."""
+    names = getattr(model, "output_names", None)
+    if names:
+        return list(names)
+    return [tensor._keras_history.operation.name for tensor in model.outputs]
 
 
 class TensorFlowModel:
