@@ -73,7 +73,7 @@ def _reporting() -> Iterator[Console]:
     """Errors of the toolkit become one line and exit 1; a refused gate exits 3."""
     from modelport.optimize import GateRefused, OptimizeError
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     try:
         yield console
     except GateRefused as exc:

@@ -326,7 +326,11 @@ def _from_torch_module(
     names = ["input"] if "x" in sample.inputs else sorted(sample.inputs)
     args = _torch_inputs(sample, names)
     if any(isinstance(part, torch.jit.ScriptModule) for part in module.modules()):
-        return _export_legacy(module, args, names, sample, output)
+        # TorchScript inside: script the whole module, for the TorchScript-based exporter
+        scripted = (
+            module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(module)
+        )
+        return _export_legacy(scripted, args, names, sample, output)
     batch = torch.export.Dim("batch")
     program = torch.export.export(module, args, dynamic_shapes=tuple({0: batch} for _ in args))
     return _export_program(program, module, args, names, sample, output)

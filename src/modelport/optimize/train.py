@@ -4,6 +4,7 @@ pretrained backbone). Both export the trained model to ONNX, checked like any co
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,26 +101,20 @@ def distill(
     )
 
 
-class _Tuned:
-    """Backbone and head as one module (built lazily so torch is imported only when used)."""
+def _tuned(backbone: Any, head: Any) -> Any:
+    """Backbone and head as one module."""
+    import torch
 
-    @staticmethod
-    def build(backbone: Any, head: Any) -> Any:
-        import torch
+    class Tuned(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = backbone
+            self.head = head
 
-        class Tuned(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.backbone = backbone
-                self.head = head
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.flatten(self.backbone(x), 1))
 
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                features = self.backbone(x)
-                if isinstance(features, tuple | list):
-                    features = features[0]
-                return self.head(torch.flatten(features, 1))
-
-        return Tuned()
+    return Tuned()
 
 
 def load_backbone(source: Path | str) -> Any:
@@ -128,7 +123,9 @@ def load_backbone(source: Path | str) -> Any:
 
     path = Path(source)
     if path.suffix == ".pt" and path.is_file():
-        return torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript, still common
+            return torch.jit.load(str(path), map_location="cpu")
     if path.suffix == ".pt2" and path.is_file():
         return torch.export.load(str(path)).module()
     if not path.exists() and ":" in str(source):
@@ -166,7 +163,12 @@ def finetune(
     x = torch.from_numpy(np.asarray(data.x, dtype=np.float32))
     with torch.no_grad():  # the backbone is frozen: its features are computed once
         features = trunk(x)
-        features = torch.flatten(features[0] if isinstance(features, tuple | list) else features, 1)
+    if not isinstance(features, torch.Tensor):
+        raise OptimizeError(
+            f"the backbone returns a {type(features).__name__}; it must return one tensor of "
+            "features"
+        )
+    features = torch.flatten(features, 1)
     torch.manual_seed(config.seed)
     width = features.shape[1]
     head = (
@@ -182,7 +184,7 @@ def finetune(
         return torch.nn.functional.cross_entropy(scores, target[rows])
 
     final = _fit(head, features, loss_fn, config, progress, "fine-tuning")
-    model = _Tuned.build(trunk, head.eval()).eval()
+    model = _tuned(trunk, head.eval()).eval()
     conversion = convert(model, data.take(slice(0, 64)), output)
     return TrainResult(
         Path(output), parameter_count(model), parameter_count(head), final, conversion
@@ -216,7 +218,7 @@ def _fit(
             loss = loss_fn(model(x[rows]), rows)
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(rows)
+            total += float(loss.detach()) * len(rows)
         mean = total / len(x)
         progress.advance(task, note=f"loss {mean:.4f}")
     model.eval()
