@@ -7,7 +7,7 @@ GRPC_PORT ?= 8001
 HOST ?= 127.0.0.1
 SERVE_ARGS ?=
 
-.PHONY: serve test lint format examples proto bench bench-peers bench-runtimes clean
+.PHONY: serve test lint format examples proto bench bench-peers bench-runtimes bench-optimize clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "modelport needs Python 3.11+"'
@@ -57,6 +57,10 @@ bench-runtimes: $(VENV)/.installed-dev
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	bash benchmarks/setup_loadgen.sh
 	cd benchmarks && ../$(BIN)/python runtimes.py --tag $${TAG:-run}
+
+# Original vs graph-optimized / int8 / fp16 / pruned / distilled, for a digits MLP and CNN
+bench-optimize: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/optimize_digits.py --tag $${TAG:-run}
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
