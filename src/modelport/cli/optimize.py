@@ -107,8 +107,10 @@ def _context(options: dict[str, Any]) -> dict[str, Any]:
     deployment = None
     max_drop = options["max_accuracy_drop"]
     if options["deploy_to"]:
-        if evaluation is None:
-            raise click.UsageError("--deploy needs --eval: nothing is deployed unmeasured")
+        if evaluation is None or evaluation.y is None:
+            raise click.UsageError(
+                "--deploy needs --eval data with labels (y): nothing is deployed unmeasured"
+            )
         deployment = Deployment.parse(
             options["deploy_to"], label=options["label"], traffic=options["traffic"]
         )
@@ -144,13 +146,14 @@ def convert(source: str, example_input: Path, output: Path, **options: Any) -> N
     from modelport.optimize import load_data
 
     with _reporting() as console:
-        report = run_convert(source, load_data(example_input), output, **options)
+        sample = load_data(example_input)
+        report = run_convert(source, sample, output, **options)
         target = output.with_name(output.name.removesuffix(".onnx") + ".convert.json")
         target.write_text(json.dumps(report.as_dict(), indent=2) + "\n", encoding="utf-8")
         console.print(
             f"{report.framework} -> {output}: inputs {list(report.inputs)}, outputs "
             f"{list(report.outputs)}; max abs diff {report.max_abs:.3g}, max rel diff "
-            f"{report.max_rel:.3g} on {len(load_data(example_input))} samples (report {target})"
+            f"{report.max_rel:.3g} on {len(sample)} samples (report {target})"
         )
 
 

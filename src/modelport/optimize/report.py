@@ -15,6 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from modelport.optimize.errors import OptimizeError
 from modelport.optimize.measure import Measurement
 from modelport.optimize.metrics import get_metric
 
@@ -61,7 +62,7 @@ class GateVerdict:
 def check_gate(baseline: Variant, candidate: Variant, max_drop: float) -> GateVerdict:
     first, last = baseline.measurement, candidate.measurement
     if first.metric is None or first.value is None or last.value is None:
-        raise ValueError("the gate needs both models measured on labelled data")
+        raise OptimizeError("the accuracy gate needs evaluation data with labels (y)")
     drop, unit = get_metric(first.metric).drop(first.value, last.value)
     return GateVerdict(first.metric, first.value, last.value, round(drop, 4), unit, max_drop)
 

@@ -26,9 +26,9 @@ def build_student(spec: str, input_shape: Sequence[int], classes: int) -> Any:
             return _mlp(input_shape, sizes, classes)
         return _cnn(input_shape, sizes, classes)
     if ":" in spec:
-        from modelport.optimize.convert import _import_module
+        from modelport.optimize.from_torch import import_object
 
-        return _import_module(spec)
+        return import_object(spec)
     raise OptimizeError(
         f"unknown student {spec!r}: use {sorted(NAMED)}, mlp:WIDTHS, cnn:CHANNELS or "
         "package.module:Name"
@@ -69,7 +69,11 @@ def _cnn(input_shape: Sequence[int], channels: list[int], classes: int) -> Any:
             layers.append(torch.nn.MaxPool2d(2))
             width //= 2
         depth = count
-    layers += [torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(depth, classes)]
+    layers += [
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(depth, classes),
+    ]
     return torch.nn.Sequential(*layers)
 
 

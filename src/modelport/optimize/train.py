@@ -129,9 +129,9 @@ def load_backbone(source: Path | str) -> Any:
     if path.suffix == ".pt2" and path.is_file():
         return torch.export.load(str(path)).module()
     if not path.exists() and ":" in str(source):
-        from modelport.optimize.convert import _import_module
+        from modelport.optimize.from_torch import import_object
 
-        return _import_module(str(source))
+        return import_object(str(source))
     raise OptimizeError(f"{source}: a backbone is a .pt or .pt2 file, or package.module:Name")
 
 
@@ -173,7 +173,9 @@ def finetune(
     width = features.shape[1]
     head = (
         torch.nn.Sequential(
-            torch.nn.Linear(width, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, num_classes)
+            torch.nn.Linear(width, hidden),
+            torch.nn.ReLU(),
+            torch.nn.Linear(hidden, num_classes),
         )
         if hidden
         else torch.nn.Linear(width, num_classes)
