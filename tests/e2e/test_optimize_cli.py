@@ -44,6 +44,15 @@ def workdir(digit_data: Digits, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return work
 
 
+def ensure_onnx(workdir: Path) -> None:
+    """The converted model, for a test run on its own."""
+    if not (workdir / "model.onnx").exists():
+        done = cli(
+            "convert", "model.pt", "--example-input", "sample.npz", "-o", "model.onnx", cwd=workdir
+        )
+        assert done.returncode == 0, done.stderr
+
+
 def test_convert_quantize_deploy_and_serve(workdir: Path, digit_data: Digits):
     done = cli(
         "convert", "model.pt", "--example-input", "sample.npz", "-o", "model.onnx", cwd=workdir
@@ -102,19 +111,7 @@ def test_convert_quantize_deploy_and_serve(workdir: Path, digit_data: Digits):
 
 
 def test_gate_refusal_exits_3_and_deploys_nothing(workdir: Path):
-    if not (workdir / "model.onnx").exists():
-        assert (
-            cli(
-                "convert",
-                "model.pt",
-                "--example-input",
-                "sample.npz",
-                "-o",
-                "model.onnx",
-                cwd=workdir,
-            ).returncode
-            == 0
-        )
+    ensure_onnx(workdir)
     before = sorted(p.name for p in (workdir / "models").rglob("*"))
     done = cli(
         "optimize",
@@ -137,19 +134,7 @@ def test_gate_refusal_exits_3_and_deploys_nothing(workdir: Path):
 
 
 def test_distill_reports_teacher_and_student(workdir: Path):
-    if not (workdir / "model.onnx").exists():
-        assert (
-            cli(
-                "convert",
-                "model.pt",
-                "--example-input",
-                "sample.npz",
-                "-o",
-                "model.onnx",
-                cwd=workdir,
-            ).returncode
-            == 0
-        )
+    ensure_onnx(workdir)
     done = cli(
         "distill",
         "model.onnx",
