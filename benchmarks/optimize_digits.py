@@ -36,13 +36,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnxruntime as ort
 from loadgen import BENCH_DIR, console
-from machine import git_state
-from rich.table import Table
+from optimize_results import (
+    INT8_STATIC,
+    INT8_STATIC_CHANNEL,
+    ORIGINAL,
+    PRUNED,
+    ModelRun,
+    Settings,
+    StudentAttempt,
+    save_report,
+    show,
+    write_markdown,
+)
 
 from modelport.optimize import (
     Dataset,
     MeasureOptions,
-    Report,
     TrainConfig,
     assess,
     convert,
@@ -52,9 +61,8 @@ from modelport.optimize import (
     quantize,
     run_model,
 )
-from modelport.optimize.measure import Measurement
 from modelport.optimize.progress import Progress
-from modelport.optimize.report import machine
+from modelport.optimize.train import fit
 
 if TYPE_CHECKING:
     import torch
@@ -70,52 +78,6 @@ SECONDS, QUICK_SECONDS = 2.0, 0.2
 MODELS = ("mlp", "cnn")
 STUDENTS = {"mlp": ("small_mlp", "mlp:128"), "cnn": ("small_cnn", "cnn:16,32")}
 
-ORIGINAL = "original"
-INT8_STATIC = "int8-static minmax"
-INT8_STATIC_CHANNEL = "int8-static minmax per-channel"
-PRUNED = "pruned 50%"
-
-INT8_MIN_SMALLER, INT8_MIN_FASTER, INT8_MAX_DROP = 3.5, 1.5, 0.5
-PRUNE_MAX_DROP = 1.0
-STUDENT_MIN_SMALLER, STUDENT_MAX_DROP = 4.0, 2.0
-
-HEADERS = [
-    "variant",
-    "size KiB",
-    "size ratio vs original",
-    "zipped KiB",
-    "accuracy %",
-    "drop (points)",
-    "p50 b1 ms",
-    "p50 b32 ms",
-    "speed-up at b32 vs original",
-    "peak MB",
-]
-CONSOLE_HEADERS = [
-    "variant",
-    "KiB",
-    "ratio",
-    "zipped",
-    "acc %",
-    "drop",
-    "p50 b1",
-    "p50 b32",
-    "b32 x",
-    "peak MB",
-]
-
-
-@dataclass(frozen=True)
-class Settings:
-    seconds: float
-    epochs: int
-    student_epochs: int
-    out: Path
-    tag: str
-    quick: bool
-    command: str
-    date: str
-
 
 @dataclass(frozen=True)
 class Split:
@@ -129,71 +91,6 @@ class Split:
 
     def val(self, model: str) -> Dataset:
         return Dataset.of(shaped(self.x_val, model), self.y_val)
-
-
-@dataclass(frozen=True)
-class StudentAttempt:
-    spec: str
-    parameters: int
-    size_bytes: int
-    accuracy: float
-    teacher_parameters: int
-    teacher_size_bytes: int
-    teacher_accuracy: float
-    path: Path
-
-    @property
-    def parameter_ratio(self) -> float:
-        return self.teacher_parameters / self.parameters
-
-    @property
-    def size_ratio(self) -> float:
-        return self.teacher_size_bytes / self.size_bytes
-
-    @property
-    def drop(self) -> float:
-        return (self.teacher_accuracy - self.accuracy) * 100
-
-    @property
-    def meets(self) -> bool:
-        smaller = max(self.parameter_ratio, self.size_ratio) >= STUDENT_MIN_SMALLER
-        return smaller and self.drop <= STUDENT_MAX_DROP
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "student": self.spec,
-            "parameters": self.parameters,
-            "size_bytes": self.size_bytes,
-            "accuracy": self.accuracy,
-            "parameter_ratio": round(self.parameter_ratio, 2),
-            "size_ratio": round(self.size_ratio, 2),
-            "drop_points": round(self.drop, 4),
-            "meets_targets": self.meets,
-        }
-
-
-@dataclass(frozen=True)
-class ModelRun:
-    model: str
-    teacher_parameters: int
-    report: Report
-    attempts: tuple[StudentAttempt, ...]
-    student: StudentAttempt
-
-    @property
-    def name(self) -> str:
-        return f"digits-{self.model}"
-
-
-@dataclass(frozen=True)
-class Check:
-    model: str
-    subject: str
-    met: bool
-    detail: str
-
-    def line(self) -> str:
-        return f"- {self.model}, {self.subject}: {'met' if self.met else 'NOT met'} ({self.detail})"
 
 
 def shaped(x: np.ndarray, model: str) -> np.ndarray:
@@ -247,24 +144,13 @@ def train_teacher(
 ) -> None:
     import torch
 
-    x = torch.from_numpy(data.x)
     y = torch.from_numpy(data.labels())
-    generator = torch.Generator().manual_seed(SEED)
-    optimizer = torch.optim.Adam(module.parameters(), lr=LEARNING_RATE)
-    task = progress.task(f"training {label}", epochs)
-    module.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=generator)
-        total = 0.0
-        for start in range(0, len(x), BATCH):
-            rows = order[start : start + BATCH]
-            optimizer.zero_grad()
-            loss = torch.nn.functional.cross_entropy(module(x[rows]), y[rows])
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(rows)
-        progress.advance(task, note=f"loss {total / len(x):.4f}")
-    module.eval()
+
+    def loss(scores: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(scores, y[rows])
+
+    config = TrainConfig(epochs, BATCH, LEARNING_RATE, SEED)
+    fit(module, torch.from_numpy(data.x), loss, config, progress, f"training {label}")
 
 
 def parameter_count(module: torch.nn.Module) -> int:
@@ -390,169 +276,6 @@ def benchmark(
     return ModelRun(model, parameters, report, attempts, student)
 
 
-def size_ratio(base: Measurement, other: Measurement) -> float:
-    return base.size_bytes / other.size_bytes
-
-
-def speed_up(base: Measurement, other: Measurement, batch: int = 32) -> float:
-    first, second = base.latency_at(batch), other.latency_at(batch)
-    if first is None or second is None:
-        return float("nan")
-    return first.p50_ms / second.p50_ms
-
-
-def drop(base: Measurement, other: Measurement) -> float:
-    if base.value is None or other.value is None:
-        return float("nan")
-    return (base.value - other.value) * 100
-
-
-def p50(measurement: Measurement, batch: int) -> str:
-    entry = measurement.latency_at(batch)
-    return "-" if entry is None else f"{entry.p50_ms:.3f}"
-
-
-def table_rows(report: Report) -> list[list[str]]:
-    base = report.variant(ORIGINAL).measurement
-    rows = []
-    for variant in report.variants:
-        m = variant.measurement
-        rows.append(
-            [
-                variant.name,
-                f"{m.size_bytes / 1024:,.1f}",
-                f"{size_ratio(base, m):.2f}x",
-                f"{m.compressed_bytes / 1024:,.1f}",
-                "-" if m.value is None else f"{m.value * 100:.2f}",
-                f"{drop(base, m):+.2f}",
-                p50(m, 1),
-                p50(m, 32),
-                f"{speed_up(base, m):.2f}x",
-                f"{m.peak_memory_mb:.1f}",
-            ]
-        )
-    return rows
-
-
-def int8_check(run: ModelRun, name: str) -> Check:
-    base = run.report.variant(ORIGINAL).measurement
-    m = run.report.variant(name).measurement
-    smaller, faster, lost = size_ratio(base, m), speed_up(base, m), drop(base, m)
-    met = smaller >= INT8_MIN_SMALLER and faster >= INT8_MIN_FASTER and lost <= INT8_MAX_DROP
-    detail = (
-        f"{smaller:.2f}x smaller (target >= {INT8_MIN_SMALLER:g}x), {faster:.2f}x faster at "
-        f"batch 32 (>= {INT8_MIN_FASTER:g}x), drop {lost:+.2f} points (<= {INT8_MAX_DROP:g})"
-    )
-    return Check(run.name, name, met, detail)
-
-
-def prune_check(run: ModelRun) -> Check:
-    base = run.report.variant(ORIGINAL).measurement
-    lost = drop(base, run.report.variant(PRUNED).measurement)
-    detail = f"drop {lost:+.2f} points (target <= {PRUNE_MAX_DROP:g})"
-    return Check(run.name, PRUNED, lost <= PRUNE_MAX_DROP, detail)
-
-
-def student_check(run: ModelRun) -> Check:
-    base = run.report.variant(ORIGINAL).measurement
-    m = run.report.variant(f"student {run.student.spec}").measurement
-    files, lost = size_ratio(base, m), drop(base, m)
-    parameters = run.student.parameter_ratio
-    met = max(files, parameters) >= STUDENT_MIN_SMALLER and lost <= STUDENT_MAX_DROP
-    tried = ", ".join(
-        f"{a.spec} ({a.parameters:,} parameters, drop {a.drop:+.2f})" for a in run.attempts
-    )
-    detail = (
-        f"{parameters:.1f}x fewer parameters and {files:.1f}x smaller file "
-        f"(target >= {STUDENT_MIN_SMALLER:g}x), drop {lost:+.2f} points "
-        f"(<= {STUDENT_MAX_DROP:g}); tried {tried}"
-    )
-    return Check(run.name, f"student {run.student.spec}", met, detail)
-
-
-def checks(run: ModelRun) -> list[Check]:
-    return [
-        int8_check(run, INT8_STATIC),
-        int8_check(run, INT8_STATIC_CHANNEL),
-        prune_check(run),
-        student_check(run),
-    ]
-
-
-def show(run: ModelRun) -> None:
-    run.report.show(console)
-    table = Table(title=f"{run.name} against the original (ms, points)", title_justify="left")
-    table.add_column(CONSOLE_HEADERS[0], no_wrap=True)
-    for header in CONSOLE_HEADERS[1:]:
-        table.add_column(header, justify="right")
-    for row in table_rows(run.report):
-        table.add_row(*row)
-    console.print(table)
-    for check in checks(run):
-        console.print(("[green]" if check.met else "[red]") + check.line(), highlight=False)
-
-
-def save_report(run: ModelRun, settings: Settings) -> Path | None:
-    stem = settings.out / f"optimize-digits-{run.model}-{settings.date}-{settings.tag}"
-    run.report.write_json(stem.with_suffix(".json"))
-    return run.report.plot(stem.with_suffix(".png"))
-
-
-def markdown_table(rows: list[list[str]]) -> list[str]:
-    return [
-        "| " + " | ".join(HEADERS) + " |",
-        "|---|" + "---:|" * (len(HEADERS) - 1),
-        *("| " + " | ".join(row) + " |" for row in rows),
-    ]
-
-
-def model_section(run: ModelRun, plot: Path | None) -> list[str]:
-    architecture = {
-        "mlp": "MLP 64-1024-1024-10",
-        "cnn": "CNN conv 32-64-128 (3x3), head 512-256-10, input [N, 1, 8, 8]",
-    }[run.model]
-    lines = [
-        f"## {run.name}",
-        "",
-        f"Teacher: {architecture}, {run.teacher_parameters:,} parameters. Student: "
-        f"`{run.student.spec}`, {run.student.parameters:,} parameters"
-        f"{'' if run.student.meets else ' (no student tried met the targets)'}.",
-        "",
-        *markdown_table(table_rows(run.report)),
-        "",
-    ]
-    if plot is not None:
-        lines += [f"![{run.name}]({plot.name})", ""]
-    return lines
-
-
-def write_markdown(runs: list[ModelRun], plots: list[Path | None], settings: Settings) -> Path:
-    import torch
-
-    path = settings.out / f"optimize-digits-{settings.date}-{settings.tag}.md"
-    lines = [
-        f"# modelport.optimize on the digits set ({settings.date})",
-        "",
-        f"- machine: {machine()}; git {git_state()}; python {sys.version.split()[0]}; "
-        f"onnxruntime {ort.__version__}; torch {torch.__version__}",
-        f"- command: `{settings.command}`",
-        f"- data: sklearn digits / 16, stratified 70/30 split (seed {SEED}); calibration "
-        f"{CALIBRATION_ROWS} training rows; accuracy on the validation split",
-        f"- teachers: Adam lr {LEARNING_RATE:g}, batch {BATCH}, {settings.epochs} epochs, "
-        f"seed {SEED}; students: modelport.optimize.distill, {settings.student_epochs} epochs",
-        f"- measured by modelport.optimize.assess: one process per variant, 1 thread, "
-        f"{settings.seconds:g} s per latency point; ratios and drops are against the original "
-        "measured in the same run (speed-up: original p50 / variant p50 at batch 32)",
-        "",
-    ]
-    for run, plot in zip(runs, plots, strict=True):
-        lines += model_section(run, plot)
-    lines += ["## Targets", ""]
-    lines += [check.line() for run in runs for check in checks(run)]
-    path.write_text("\n".join([*lines, ""]), encoding="utf-8")
-    return path
-
-
 def settings_from(argv: list[str]) -> Settings:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tag", default="run")
@@ -584,6 +307,23 @@ def quiet_exporter() -> None:
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 
+def setup_lines(settings: Settings) -> list[str]:
+    import torch
+
+    return [
+        f"python {sys.version.split()[0]}; onnxruntime {ort.__version__}; "
+        f"torch {torch.__version__}",
+        f"command: `{settings.command}`",
+        f"data: sklearn digits / 16, stratified 70/30 split (seed {SEED}); calibration "
+        f"{CALIBRATION_ROWS} training rows; accuracy on the validation split",
+        f"teachers: Adam lr {LEARNING_RATE:g}, batch {BATCH}, {settings.epochs} epochs, "
+        f"seed {SEED}; students: modelport.optimize.distill, {settings.student_epochs} epochs",
+        f"measured by modelport.optimize.assess: one process per variant, 1 thread, "
+        f"{settings.seconds:g} s per latency point; ratios and drops are against the original "
+        "measured in the same run (speed-up: original p50 / variant p50 at batch 32)",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = settings_from(sys.argv[1:] if argv is None else argv)
     quiet_exporter()
@@ -601,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     for run in runs:
         show(run)
         plots.append(save_report(run, settings))
-    console.log(f"wrote {write_markdown(runs, plots, settings)}")
+    console.log(f"wrote {write_markdown(runs, plots, settings, setup_lines(settings))}")
     return 0
 
 

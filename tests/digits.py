@@ -69,3 +69,18 @@ def onnx_accuracy(path: Path, data: Dataset, output: int = 0) -> float:
     scores = session.run(None, feed)[output]
     predicted = scores.argmax(axis=1) if scores.ndim == 2 else scores
     return float(np.mean(predicted == data.labels()))
+
+
+def describe(path: Path) -> dict[str, dict[str, int]]:
+    """Op counts and initializer element counts by dtype of an ONNX model."""
+    import onnx
+
+    model = onnx.load(str(path))
+    ops: dict[str, int] = {}
+    for node in model.graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    dtypes: dict[str, int] = {}
+    for init in model.graph.initializer:
+        name = onnx.helper.tensor_dtype_to_np_dtype(init.data_type).name
+        dtypes[name] = dtypes.get(name, 0) + int(np.prod(init.dims))
+    return {"ops": ops, "initializer_elements": dtypes}

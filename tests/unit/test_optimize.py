@@ -27,8 +27,7 @@ from modelport.optimize import (
     quantize,
 )
 from modelport.optimize.metrics import get_metric
-from modelport.optimize.transforms import describe
-from tests.digits import Digits, onnx_accuracy
+from tests.digits import Digits, describe, onnx_accuracy
 
 QUICK = MeasureOptions(seconds=0.05)
 

@@ -216,7 +216,9 @@ def optimize(model: Path, output: Path | None, **options: Any) -> None:
             raise click.UsageError("optimize needs --eval data to measure the result on")
         calibration = load_data(options["calibration"]) if options["calibration"] else None
         if output is None:
-            suffix = re.sub(r"[^A-Za-z0-9]+", "-", "-".join(plan.steps())).strip("-")
+            suffix = re.sub(
+                r"[^A-Za-z0-9]+", "-", "-".join(name for _, name in plan.steps())
+            ).strip("-")
             output = model.with_name(f"{model.name.removesuffix('.onnx')}.{suffix}.onnx")
         with _progress(options["quiet"]) as progress:
             outcome = optimize_model(

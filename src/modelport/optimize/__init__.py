@@ -7,7 +7,7 @@ Every function works on files and returns what it measured; the `modelport conve
 """
 
 from modelport.optimize.convert import ConversionReport, convert
-from modelport.optimize.data import Dataset, load_data, save_npz
+from modelport.optimize.data import Dataset, load_data
 from modelport.optimize.errors import (
     ConversionMismatch,
     DataError,
@@ -52,6 +52,5 @@ __all__ = [
     "prune",
     "quantize",
     "run_model",
-    "save_npz",
     "to_fp16",
 ]

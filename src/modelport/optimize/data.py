@@ -97,13 +97,6 @@ def load_data(path: Path | str, *, target: str | None = None) -> Dataset:
     raise DataError(f"{path}: data files are .npz (arrays x and y) or .csv")
 
 
-def save_npz(path: Path | str, x: np.ndarray, y: np.ndarray | None = None) -> Path:
-    path = Path(path)
-    arrays = {"x": x} if y is None else {"x": x, "y": y}
-    np.savez(path, **arrays)  # type: ignore[arg-type]
-    return path
-
-
 def _load_npz(path: Path) -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as archive:

@@ -28,7 +28,12 @@ def _torch_inputs(sample: Dataset, names: Sequence[str]) -> tuple[Any, ...]:
     return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
 
 
-def _torch_outputs(result: Any) -> list[np.ndarray]:
+def _reference(module: Any, args: tuple[Any, ...]) -> list[np.ndarray]:
+    """The original's outputs on the export batch, to compare the ONNX model with."""
+    import torch
+
+    with torch.no_grad():
+        result = module(*args)
     values = list(result) if isinstance(result, list | tuple) else [result]
     return [value.detach().cpu().numpy() for value in values]
 
@@ -52,8 +57,7 @@ def _export_legacy(
     """torch.export cannot trace TorchScript; its exporter is the TorchScript-based one."""
     import torch
 
-    with torch.no_grad():
-        results = _torch_outputs(module(*args))
+    results = _reference(module, args)
     outputs = numbered("output", len(results))
     torch.onnx.export(
         module,
@@ -113,8 +117,7 @@ def _export_program(
 ) -> dict[str, np.ndarray]:
     import torch
 
-    with torch.no_grad():
-        results = _torch_outputs(module(*args))
+    results = _reference(module, args)
     torch.onnx.export(program, args, str(output), dynamo=True, external_data=False, verbose=False)
     outputs = numbered("output", len(results))
     rename_tensors(output, names, outputs)

@@ -82,8 +82,7 @@ class MeasureOptions:
 
 def file_size(path: Path) -> tuple[int, int]:
     """Bytes on disk and bytes after zlib (what pruned zeros save when shipped compressed)."""
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    raw = b"".join(p.read_bytes() for p in files)
+    raw = path.read_bytes()
     return len(raw), len(zlib.compress(raw, 6))
 
 
@@ -102,16 +101,9 @@ def measure(path: Path | str, data: Dataset, options: MeasureOptions | None = No
 
 
 def _measure(path: str, data: Dataset, options: MeasureOptions) -> Measurement:
-    import onnxruntime as ort
-
     peak = PeakMemory()
-    session_options = ort.SessionOptions()
-    session_options.intra_op_num_threads = options.threads
-    session_options.inter_op_num_threads = 1
-    session = ort.InferenceSession(path, session_options, providers=["CPUExecutionProvider"])
-    names = [arg.name for arg in session.get_inputs()]
-    types = {arg.name: arg.type for arg in session.get_inputs()}
-    feeds = {name: _cast(array, types[name]) for name, array in data.feeds(names).items()}
+    session = _session(path, options.threads)
+    feeds = _feeds(session, data)
     latency = tuple(
         _latency(session, feeds, batch, options.seconds)
         for batch in options.batch_sizes
@@ -127,15 +119,31 @@ def _measure(path: str, data: Dataset, options: MeasureOptions) -> Measurement:
 
 def run_model(path: Path | str, data: Dataset, threads: int = 1) -> dict[str, np.ndarray]:
     """All outputs of an ONNX model on `data`, in one call (for checks and tests)."""
+    session = _session(str(path), threads)
+    names = [arg.name for arg in session.get_outputs()]
+    return dict(zip(names, session.run(names, _feeds(session, data)), strict=True))
+
+
+def _session(path: str, threads: int) -> Any:
     import onnxruntime as ort
 
-    session_options = ort.SessionOptions()
-    session_options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), session_options, providers=["CPUExecutionProvider"])
-    types = {arg.name: arg.type for arg in session.get_inputs()}
-    feeds = {n: _cast(a, types[n]) for n, a in data.feeds(list(types)).items()}
-    names = [arg.name for arg in session.get_outputs()]
-    return dict(zip(names, session.run(names, feeds), strict=True))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def _feeds(session: Any, data: Dataset) -> dict[str, np.ndarray]:
+    """The data's arrays for the model's inputs, in the dtypes the model declares."""
+    from modelport.runtimes.onnx import ORT_TYPES
+
+    dtypes = {arg.name: ORT_TYPES.get(arg.type) for arg in session.get_inputs()}
+    return {
+        name: array
+        if dtypes[name] is None
+        else np.ascontiguousarray(array, dtypes[name].numpy_dtype)
+        for name, array in data.feeds(list(dtypes)).items()
+    }
 
 
 def _evaluate(
@@ -177,25 +185,6 @@ def _accepts_batch(session: Any, batch: int) -> bool:
         if isinstance(first, int) and first != batch:
             return False
     return True
-
-
-_NUMPY_TYPES = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(double)": np.float64,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8,
-    "tensor(bool)": np.bool_,
-}
-
-
-def _cast(array: np.ndarray, ort_type: str) -> np.ndarray:
-    dtype = _NUMPY_TYPES.get(ort_type)
-    if dtype is None:
-        return array
-    return np.ascontiguousarray(array, dtype=dtype)
 
 
 class PeakMemory:

@@ -39,7 +39,7 @@ class TrainResult:
 def teacher_logits(teacher: Path | str, data: Dataset, output: str | None = None) -> np.ndarray:
     """The teacher ONNX model's scores for `data`: logits, or log-probabilities when the chosen
     output already holds probabilities (rows of non-negative numbers summing to one)."""
-    outputs = run_model(teacher, Dataset(data.inputs, None, data.source))
+    outputs = run_model(teacher, data)
     name = output or next(iter(outputs))
     if name not in outputs:
         raise DataError(f"the teacher has no output {name!r} (outputs: {list(outputs)})")
@@ -94,7 +94,7 @@ def distill(
             loss = loss + (1 - weight) * torch.nn.functional.cross_entropy(scores, labels[rows])
         return loss
 
-    final = _fit(model, torch.from_numpy(x), loss_fn, config, progress, "distilling")
+    final = fit(model, torch.from_numpy(x), loss_fn, config, progress, "distilling")
     conversion = convert(model.eval(), data.take(slice(0, 64)), output)
     return TrainResult(
         Path(output), parameter_count(model), parameter_count(model), final, conversion
@@ -185,7 +185,7 @@ def finetune(
     def loss_fn(scores: Any, rows: Any) -> Any:
         return torch.nn.functional.cross_entropy(scores, target[rows])
 
-    final = _fit(head, features, loss_fn, config, progress, "fine-tuning")
+    final = fit(head, features, loss_fn, config, progress, "fine-tuning")
     model = _tuned(trunk, head.eval()).eval()
     conversion = convert(model, data.take(slice(0, 64)), output)
     return TrainResult(
@@ -193,7 +193,7 @@ def finetune(
     )
 
 
-def _fit(
+def fit(
     model: Any,
     x: Any,
     loss_fn: Any,
@@ -201,6 +201,8 @@ def _fit(
     progress: Progress | None,
     description: str,
 ) -> float:
+    """Adam over shuffled mini-batches for `config.epochs`; `loss_fn(scores, rows)` scores the
+    batch of row indices `rows`. Returns the last epoch's mean loss."""
     import torch
 
     if config.epochs < 1 or config.batch_size < 1:

@@ -9,7 +9,6 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -202,16 +201,3 @@ def _quiet() -> Iterator[None]:
             yield
     finally:
         root.setLevel(level)
-
-
-def describe(path: Path | str) -> dict[str, Any]:
-    """Op counts and initializer dtypes of a model, for reports and tests."""
-    model = onnx.load(str(path))
-    ops: dict[str, int] = {}
-    for node in model.graph.node:
-        ops[node.op_type] = ops.get(node.op_type, 0) + 1
-    dtypes: dict[str, int] = {}
-    for init in model.graph.initializer:
-        name = onnx.helper.tensor_dtype_to_np_dtype(init.data_type).name
-        dtypes[name] = dtypes.get(name, 0) + int(np.prod(init.dims))
-    return {"ops": ops, "initializer_elements": dtypes}

@@ -35,16 +35,17 @@ class Plan:
     per_channel: bool = False
     keep_io_types: bool = True
 
-    def steps(self) -> list[str]:
+    def steps(self) -> list[tuple[str, str]]:
+        """(kind, display name) of each step, in order."""
         named = []
         if self.prune:
             kind = "" if self.structure == "unstructured" else f" {self.structure}"
-            named.append(f"pruned {self.prune:.0%}{kind}")
+            named.append(("prune", f"pruned {self.prune:.0%}{kind}"))
         if self.graph:
-            named.append(f"graph-{self.graph}")
+            named.append(("graph", f"graph-{self.graph}"))
         if self.quantize:
             method = f" {self.calibration_method}" if self.quantize == "int8-static" else ""
-            named.append(f"{self.quantize}{method}")
+            named.append(("quantize", f"{self.quantize}{method}"))
         return named
 
 
@@ -90,14 +91,14 @@ def apply_plan(
     if not steps:
         raise OptimizeError("nothing to do: give --quantize, --prune and/or --graph")
     task = progress.task("optimizing", len(steps))
-    for index, step in enumerate(steps):
+    for index, (kind, step) in enumerate(steps):
         target = workdir / f"step{index}.onnx"
         notes: dict[str, Any] = {}
-        if step.startswith("pruned"):
+        if kind == "prune":
             pruned = prune(current, target, fraction=plan.prune or 0.0, structure=plan.structure)
             notes["sparsity"] = round(pruned.sparsity, 4)
             notes["tensors_pruned"] = len(pruned.tensors)
-        elif step.startswith("graph-"):
+        elif kind == "graph":
             optimize_graph(current, target, level=plan.graph or "extended")
         else:
             quantize(

@@ -19,7 +19,7 @@ log = logging.getLogger("modelport.runtimes.onnx")
 
 DEFAULT_FILENAME = "model.onnx"
 
-_ORT_TYPES: dict[str, DataType] = {
+ORT_TYPES: dict[str, DataType] = {
     "tensor(bool)": DataType.BOOL,
     "tensor(uint8)": DataType.UINT8,
     "tensor(uint16)": DataType.UINT16,
@@ -138,7 +138,7 @@ class OnnxModel:
 
 
 def _spec(arg: Any) -> TensorSpec:
-    datatype = _ORT_TYPES.get(arg.type)
+    datatype = ORT_TYPES.get(arg.type)
     if datatype is None:
         raise ConfigError(
             f"tensor '{arg.name}' has type {arg.type}, which the v2 protocol cannot carry"
