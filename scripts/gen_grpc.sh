@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate the gRPC Python modules from src/modelport/frontends/grpc/proto/inference.proto.
+# Regenerate the protobuf modules (messages and the service descriptor) from src/modelport/frontends/grpc/proto/inference.proto.
 #   bash scripts/gen_grpc.sh            # writes src/modelport/frontends/grpc/generated/
 #   bash scripts/gen_grpc.sh --check    # fails if the committed modules are out of date
 # The virtual include path makes the generated imports package-relative.
@@ -11,10 +11,10 @@ PACKAGE_PATH=modelport/frontends/grpc/generated
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 "$PY" -m grpc_tools.protoc -I"$PACKAGE_PATH=$PROTO_DIR" \
-  --python_out="$out" --pyi_out="$out" --grpc_python_out="$out" "$PACKAGE_PATH/inference.proto"
+  --python_out="$out" --pyi_out="$out" "$PACKAGE_PATH/inference.proto"
 target=src/$PACKAGE_PATH
 if [[ "${1:-}" == "--check" ]]; then
-  for f in inference_pb2.py inference_pb2.pyi inference_pb2_grpc.py; do
+  for f in inference_pb2.py inference_pb2.pyi; do
     if ! cmp -s "$out/$PACKAGE_PATH/$f" "$target/$f"; then
       echo "gRPC stubs are out of date: $target/$f differs; run: bash scripts/gen_grpc.sh" >&2
       exit 1
@@ -22,6 +22,6 @@ if [[ "${1:-}" == "--check" ]]; then
   done
   echo "gRPC stubs are current"
 else
-  cp "$out/$PACKAGE_PATH"/inference_pb2{.py,.pyi,_grpc.py} "$target/"
-  echo "wrote $target/inference_pb2.py, inference_pb2.pyi, inference_pb2_grpc.py"
+  cp "$out/$PACKAGE_PATH"/inference_pb2{.py,.pyi} "$target/"
+  echo "wrote $target/inference_pb2.py and inference_pb2.pyi"
 fi

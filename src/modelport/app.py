@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 from modelport.core.manager import ModelManager
 from modelport.core.server import InferenceServer
 from modelport.core.validate import Limits
-from modelport.frontends.grpc.server import create_server as create_grpc_server
+from modelport.frontends.grpc.server import GrpcServer
 from modelport.frontends.rest import create_app
 from modelport.observability.metrics import Metrics
 from modelport.repository import LocalRepository
@@ -65,7 +65,7 @@ def build(settings: ServerSettings) -> Application:
             )
         else:
             log.info("serving the model repository %s", settings.repository)
-        grpc_server = create_grpc_server(
+        grpc_server = GrpcServer(
             server, settings.host, settings.grpc_port, max_message_bytes=settings.max_request_bytes
         )
         await grpc_server.start()

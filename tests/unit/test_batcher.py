@@ -237,3 +237,38 @@ def test_close_fails_what_is_queued_and_refuses_new_requests() -> None:
             await batcher.submit(rows(2, 1), None)
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(("reported_ns", "expected"), [(5_000_000, 2), (50_000, 1)])
+def test_slow_models_get_one_batch_queued_ahead_of_a_free_instance(
+    reported_ns: int, expected: int
+) -> None:
+    """With one instance, a model whose runs take >= 1 ms has a second batch handed over while
+    the first runs; a fast one never has more than one batch out."""
+
+    async def main() -> None:
+        out, most, gate = [0], [0], asyncio.Event()
+
+        async def run(inputs: dict[str, np.ndarray], wanted: Any) -> tuple[dict, int]:
+            out[0] += 1
+            most[0] = max(most[0], out[0])
+            await gate.wait()
+            out[0] -= 1
+            return {"y": inputs["x"]}, reported_ns
+
+        batcher = DynamicBatcher("test", run, batched=True, max_batch_size=2, instances=1)
+        gate.set()
+        for _ in range(3):  # warm the moving average of compute time
+            await batcher.submit(rows(0, 1), None)
+        gate.clear()
+        most[0] = 0
+        waiting = [asyncio.ensure_future(batcher.submit(rows(i, 1), None)) for i in range(6)]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert most[0] == expected
+        gate.set()
+        results = await asyncio.gather(*waiting)
+        assert [float(r.outputs["y"][0, 0]) for r in results] == [0, 1, 2, 3, 4, 5]
+        await batcher.close()
+
+    asyncio.run(main())

@@ -6,7 +6,7 @@ import zlib
 import pytest
 
 from modelport.core.errors import InvalidInput, PayloadTooLarge
-from modelport.frontends.rest.compression import choose_encoding, decode_body, encode_body
+from modelport.frontends.compression import choose_encoding, decode_body, encode_body
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])

@@ -12,8 +12,8 @@ from modelport.core.errors import InvalidInput, ModelNotFound, PayloadTooLarge
 from modelport.core.manager import ModelRecord, _version_number
 from modelport.core.types import DataType, TensorSpec
 from modelport.core.validate import InputGuard, Limits
+from modelport.frontends.compression import choose_encoding, decode_body
 from modelport.frontends.raw_tensors import from_raw
-from modelport.frontends.rest.compression import choose_encoding, decode_body
 from modelport.frontends.rest.v2_codec import decode_request
 
 

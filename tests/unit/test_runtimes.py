@@ -80,7 +80,7 @@ def run_python(code: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_serving_onnx_imports_no_other_framework(tmp_path: Path) -> None:
+def test_serving_onnx_imports_no_other_framework_nor_grpcio(tmp_path: Path) -> None:
     from modelport.examples import onnx_models
 
     version = tmp_path / "m" / "1"
@@ -96,7 +96,7 @@ def test_serving_onnx_imports_no_other_framework(tmp_path: Path) -> None:
         runtime = registry.runtime_for(Path({str(version)!r}), ModelConfig())
         host = registry.host(runtime, Path({str(version)!r}), ModelConfig(), "m-1")
         host.close()
-        heavy = [m for m in ("torch", "tensorflow", "sklearn", "xgboost", "lightgbm")
+        heavy = [m for m in ("torch", "tensorflow", "sklearn", "xgboost", "lightgbm", "grpc")
                  if m in sys.modules]
         print(runtime.platform, heavy)
     """)

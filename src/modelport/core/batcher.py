@@ -5,8 +5,11 @@ every dimension but the first are joined along dimension 0 into one run of the m
 shapes), and the outputs are split back. A batch is dispatched as soon as it is full, as soon as it
 reaches the largest preferred size it can, or when its oldest request has waited max_queue_delay.
 At most `instances` batches run at once, each on a worker thread; while all are busy the queue
-grows, so batches get bigger exactly when the model is the bottleneck. A model without batching
-has max_batch_size 1 here: each request runs alone, with the same queue limit and timeouts.
+grows, so batches get bigger exactly when the model is the bottleneck. For a model whose batches
+take a while (QUEUE_AHEAD_MIN_NS) one more batch is handed over while all instances are busy, so
+a finishing instance starts its next batch at once instead of waiting for the event loop to form
+it. A model without batching has max_batch_size 1 here: each request runs alone, with the same
+queue limit and timeouts.
 """
 
 from __future__ import annotations
@@ -37,6 +40,12 @@ RunBatch = Callable[[Arrays, tuple[str, ...] | None], Awaitable[tuple[Arrays, in
 """Runs one batch off the event loop; returns the outputs and the compute time in ns."""
 ExecutionHook = Callable[[int, int], None]
 """Called after each run of the model with (batch size, compute ns)."""
+
+QUEUE_AHEAD_MIN_NS = 1_000_000
+"""Batches of models whose runs take at least this long (moving average) are formed one ahead of
+a free instance. It hides the event loop's handoff between two batches (cnn at c=32: +11-14 %);
+for faster models it would only split batches (mlp: -7 %). benchmarks/results, session 5."""
+_COMPUTE_SMOOTHING = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +88,10 @@ class DynamicBatcher:
         self._preferred = sorted(size for size in preferred_batch_sizes if size <= self._max)
         self._max_queue = max_queue_size
         self._on_execution = on_execution
-        self._instances = asyncio.Semaphore(instances)
+        self._instances = instances
+        self._dispatched = 0  # batches handed to the host: running, or queued there
+        self._slot_freed = asyncio.Event()
+        self._compute_ns = 0.0  # moving average of one run's compute time
         self._queue: deque[_Pending] = deque()
         self._arrived = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
@@ -135,19 +147,31 @@ class DynamicBatcher:
                 self._arrived.clear()
                 await self._arrived.wait()
                 continue
-            await self._instances.acquire()
+            await self._dispatch_slot()
             try:
                 limit = await self._batch_limit()
                 batch = self._take(limit)
             except BaseException:
-                self._instances.release()
+                self._release_slot()
                 raise
             if not batch:
-                self._instances.release()
+                self._release_slot()
                 continue
             task = asyncio.get_running_loop().create_task(self._execute(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+
+    async def _dispatch_slot(self) -> None:
+        """Wait until a batch may be handed to the host: an instance is free, or one more may
+        queue there because this model's runs are long enough to be worth it."""
+        while self._dispatched >= self._instances + (self._compute_ns >= QUEUE_AHEAD_MIN_NS):
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
+        self._dispatched += 1
+
+    def _release_slot(self) -> None:
+        self._dispatched -= 1
+        self._slot_freed.set()
 
     async def _batch_limit(self) -> int:
         """Wait until the batch at the head of the queue should go; return its size limit."""
@@ -207,7 +231,7 @@ class DynamicBatcher:
                 except Exception as single:
                     _fail([pending], _as_error(self._label, single))
         finally:
-            self._instances.release()
+            self._release_slot()
 
     async def _run_together(self, members: list[_Pending]) -> None:
         """One run of the model on the members' inputs joined along dim 0; each gets its rows."""
@@ -217,6 +241,7 @@ class DynamicBatcher:
         inputs = _concatenate([p.inputs for p in members])
         wanted = _union([p.outputs for p in members])
         outputs, infer_ns = await self._run(inputs, wanted)
+        self._compute_ns += (infer_ns - self._compute_ns) * _COMPUTE_SMOOTHING
         sizes = [p.size for p in members]
         parts = _split(self._label, outputs, sizes) if len(members) > 1 else [outputs]
         if self._on_execution is not None:

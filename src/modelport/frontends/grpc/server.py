@@ -1,30 +1,69 @@
-"""The grpc.aio server that hosts the v2 service next to the HTTP server, on the same event loop."""
+"""The v2 gRPC server: our HTTP/2 connections on the same event loop as the HTTP server."""
 
 from __future__ import annotations
 
-import grpc
+import asyncio
+import logging
 
 from modelport.core.server import InferenceServer
-from modelport.frontends.grpc.generated import inference_pb2_grpc as pb_grpc
+from modelport.frontends.grpc.generated import inference_pb2 as pb
+from modelport.frontends.grpc.http2.connection import Connection, Http2Limits
+from modelport.frontends.grpc.rpc import Dispatcher, service_methods
 from modelport.frontends.grpc.servicer import InferenceServicer
 
+log = logging.getLogger("modelport.grpc")
 
-def create_server(
-    server: InferenceServer, host: str, port: int, *, max_message_bytes: int
-) -> grpc.aio.Server:
-    grpc_server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),
-        ]
-    )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(server), grpc_server)
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        bound = grpc_server.add_insecure_port(address)
-    except RuntimeError as exc:
-        raise OSError(f"could not bind the gRPC port {address}: {exc}") from None
-    if bound == 0:
-        raise OSError(f"could not bind the gRPC port {address}")
-    return grpc_server
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+
+
+class GrpcServer:
+    def __init__(
+        self,
+        server: InferenceServer,
+        host: str,
+        port: int,
+        *,
+        max_message_bytes: int,
+        limits: Http2Limits | None = None,
+    ) -> None:
+        methods = service_methods(InferenceServicer(server), SERVICE)
+        self._dispatcher = Dispatcher(methods, max_message_bytes)
+        self._limits = limits or Http2Limits()
+        self._host = host
+        self._port = port
+        self._listener: asyncio.Server | None = None
+        self._connections: set[Connection] = set()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self._listener = await loop.create_server(
+                self._connect, self._host, self._port, reuse_address=True
+            )
+        except OSError as exc:
+            where = f"{self._host}:{self._port}"
+            raise OSError(f"could not bind the gRPC port {where}: {exc}") from None
+
+    @property
+    def port(self) -> int:
+        assert self._listener is not None
+        return int(self._listener.sockets[0].getsockname()[1])
+
+    def _connect(self) -> Connection:
+        connection = Connection(self._dispatcher, self._limits, self._connections.discard)
+        self._connections.add(connection)
+        return connection
+
+    async def stop(self, grace: float) -> None:
+        """Stop listening, let open calls finish for up to `grace` seconds, then cut the rest."""
+        if self._listener is None:
+            return
+        self._listener.close()
+        for connection in list(self._connections):
+            connection.shutdown()
+        deadline = asyncio.get_running_loop().time() + grace
+        while self._connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+        for connection in list(self._connections):
+            connection.abort()
+        await self._listener.wait_closed()

@@ -15,7 +15,7 @@ from starlette.routing import Route
 from modelport.core.errors import ErrorKind, InvalidInput, ModelportError, PayloadTooLarge
 from modelport.core.server import InferenceServer
 from modelport.frontends import model_control, triton_config
-from modelport.frontends.rest.compression import choose_encoding, decode_body, encode_body
+from modelport.frontends.compression import choose_encoding, decode_body, encode_body
 from modelport.frontends.rest.v2_codec import (
     HEADER_LENGTH,
     decode_request,

@@ -1,4 +1,4 @@
-"""gzip/deflate bodies, as tritonclient sends and accepts them (request/response compression).
+"""gzip/deflate bodies and gRPC messages, as tritonclient sends and accepts them.
 
 Decompression is bounded: a small compressed body that inflates past the request size limit is
 refused with 413 without ever holding more than the limit in memory.

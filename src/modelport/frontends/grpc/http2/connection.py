@@ -1,0 +1,625 @@
+"""One HTTP/2 connection as an asyncio protocol: frames, HPACK, flow control, stream lifecycle.
+
+It knows nothing of gRPC: for each new stream it calls the `StreamOpener` it was given with the
+request headers and feeds the returned `StreamEvents` the stream's body, its end, or its reset.
+The other direction is `send_headers` / `send_data` / `send_trailers`, which respect the peer's
+flow-control windows and frame size. Writes made during one pass of the event loop go out in one
+`transport.write`. Why this exists instead of grpcio: docs/architecture.md, "gRPC".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, cast
+
+import hpack
+
+from modelport.frontends.grpc.http2 import frames as f
+from modelport.frontends.grpc.http2.frames import (
+    ConnectionFailure,
+    ErrorCode,
+    Flag,
+    FrameType,
+    Setting,
+    StreamFailure,
+)
+
+log = logging.getLogger("modelport.grpc.http2")
+
+Headers = list[tuple[bytes, bytes]]
+# Header blocks made only of one-byte indexed fields (0x81-0xFE) change no HPACK state, so the
+# same bytes decode to the same headers until the dynamic table changes: worth caching.
+_INDEXED_ONLY = bytes(range(0x81, 0xFF))
+_HEADER_CACHE_SIZE = 256
+_HTTP1_BODY = b"This port serves gRPC: HTTP/2 with prior knowledge, not HTTP/1.1.\n"
+_HTTP1_REPLY = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(_HTTP1_BODY), _HTTP1_BODY)
+)
+
+
+class StreamEvents(Protocol):
+    """What happens to a stream after its request headers; the gRPC layer implements it."""
+
+    def data(self, chunk: memoryview) -> None:
+        """Body bytes (padding removed). `chunk` is only valid during the call: copy it."""
+
+    def end(self) -> None:
+        """The peer finished sending (END_STREAM)."""
+
+    def reset(self) -> None:
+        """The stream was reset by the peer, by a protocol error, or by the connection closing."""
+
+
+StreamOpener = Callable[["Connection", int, Headers], StreamEvents]
+
+
+@dataclass(frozen=True, slots=True)
+class Http2Limits:
+    max_concurrent_streams: int = 1024
+    stream_window: int = 1 << 20
+    connection_window: int = 16 << 20
+    max_frame_size: int = 1 << 20
+    max_header_list_size: int = 16 << 10
+    max_header_block: int = 64 << 10
+    preface_timeout: float = 10.0
+
+
+class _Stream:
+    __slots__ = (
+        "events",
+        "outbound",
+        "recv_unacked",
+        "recv_window",
+        "remote_closed",
+        "send_window",
+        "stream_id",
+        "trailers",
+    )
+
+    def __init__(self, stream_id: int, recv_window: int, send_window: int) -> None:
+        self.stream_id = stream_id
+        self.events: StreamEvents | None = None
+        self.recv_window = recv_window
+        self.recv_unacked = 0
+        self.send_window = send_window
+        self.remote_closed = False
+        self.outbound: deque[tuple[bytes, bool]] = deque()  # (data, ends the stream)
+        self.trailers: bytes | None = None
+
+
+class Connection(asyncio.Protocol):
+    def __init__(
+        self,
+        opener: StreamOpener,
+        limits: Http2Limits,
+        on_closed: Callable[[Connection], None] | None = None,
+    ) -> None:
+        self._opener = opener
+        self._limits = limits
+        self._on_closed = on_closed
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._needed = len(f.PREFACE)  # bytes the buffer must hold before parsing can progress
+        self._preface_seen = False
+        self._settings_seen = False
+        self._decoder = hpack.Decoder(max_header_list_size=limits.max_header_list_size)
+        self._header_cache: dict[bytes, Headers] = {}
+        self._continuation: tuple[int, int, bytearray] | None = None
+        self._streams: dict[int, _Stream] = {}
+        self._last_stream_id = 0
+        self._recv_window = limits.connection_window
+        self._recv_unacked = 0
+        self._send_window = f.DEFAULT_WINDOW
+        self._peer_window = f.DEFAULT_WINDOW
+        self._peer_frame_size = f.DEFAULT_FRAME_SIZE
+        self._blocked: dict[int, None] = {}  # streams waiting for send window, in order
+        self._writes: list[bytes] = []
+        self._flush_scheduled = False
+        self._receiving = False
+        self._goaway_sent = False
+        self._closing = False
+        self._preface_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        limits = self._limits
+        self._write(
+            f.settings(
+                {
+                    Setting.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
+                    Setting.INITIAL_WINDOW_SIZE: limits.stream_window,
+                    Setting.MAX_FRAME_SIZE: limits.max_frame_size,
+                    Setting.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
+                }
+            )
+            + f.window_update(0, limits.connection_window - f.DEFAULT_WINDOW)
+        )
+        loop = asyncio.get_running_loop()
+        self._preface_timer = loop.call_later(limits.preface_timeout, self._preface_expired)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        buffer = self._buffer
+        source: bytes | bytearray = data
+        if buffer:
+            buffer += data
+            if len(buffer) < self._needed:
+                return  # a large frame still arriving: no parsing, no copy
+            source = buffer
+        self._receiving = True
+        try:
+            used = self._receive(source)
+        except ConnectionFailure as exc:
+            self._fail(exc.code, str(exc))
+            return
+        finally:
+            self._receiving = False
+        if source is buffer:
+            try:
+                del buffer[:used]
+            except BufferError:  # a view of it is still alive somewhere: do not resize it
+                self._buffer = bytearray(buffer[used:])
+        elif used < len(data):
+            buffer += memoryview(data)[used:]
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        if self._preface_timer is not None:
+            self._preface_timer.cancel()
+        streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            if stream.events is not None:
+                stream.events.reset()
+        if self._on_closed is not None:
+            self._on_closed(self)
+
+    def pause_writing(self) -> None:
+        # The peer reads slower than we answer: stop taking new requests until it catches up.
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None and not self._closing:
+            self._transport.resume_reading()
+
+    # -- what the gRPC layer calls ---------------------------------------------------------------
+
+    def send_headers(self, stream_id: int, block: bytes, end_stream: bool = False) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        self._write_header_block(stream_id, block, end_stream)
+        if end_stream:
+            self._local_end(stream)
+
+    def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        stream.outbound.append((data, end_stream))
+        self._pump(stream)
+
+    def send_trailers(self, stream_id: int, block: bytes) -> None:
+        """Trailers end the stream, after any data still waiting for flow-control window."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        stream.trailers = block
+        self._pump(stream)
+
+    def respond(self, stream_id: int, headers: bytes, body: bytes, trailers: bytes) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        self._write_header_block(stream_id, headers, False)
+        stream.outbound.append((body, False))
+        stream.trailers = trailers
+        self._pump(stream)
+
+    def consumed(self, stream_id: int, size: int) -> None:
+        """The application took `size` bytes of the stream's body: the peer may send more."""
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.remote_closed or size <= 0:
+            return
+        stream.recv_unacked += size
+        if stream.recv_unacked >= self._limits.stream_window // 2:
+            self._write(f.window_update(stream_id, stream.recv_unacked))
+            stream.recv_window += stream.recv_unacked
+            stream.recv_unacked = 0
+
+    def reset_stream(self, stream_id: int, code: ErrorCode) -> None:
+        stream = self._streams.pop(stream_id, None)
+        if stream is None:
+            return
+        self._blocked.pop(stream_id, None)
+        self._write(f.rst_stream(stream_id, code))
+
+    @property
+    def active_streams(self) -> int:
+        return len(self._streams)
+
+    def shutdown(self) -> None:
+        """Graceful: GOAWAY now, then close once the streams already open have finished."""
+        if self._closing or self._goaway_sent:
+            return
+        self._goaway_sent = True
+        self._write(f.goaway(self._last_stream_id, ErrorCode.NO_ERROR))
+        self._flush()
+        self._close_if_done()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    # -- receiving ---------------------------------------------------------------------------------
+
+    def _receive(self, data: bytes | bytearray) -> int:
+        """Handle every complete frame in `data`; return how many bytes were used."""
+        pos = 0
+        if not self._preface_seen:
+            start = bytes(data[: len(f.PREFACE)])
+            if not f.PREFACE.startswith(start):
+                self._refuse_non_http2(start)
+                return len(data)
+            if len(start) < len(f.PREFACE):
+                return 0
+            self._preface_seen = True
+            if self._preface_timer is not None:
+                self._preface_timer.cancel()
+            pos = len(f.PREFACE)
+        view = memoryview(data)
+        end = len(data)
+        limit = self._limits.max_frame_size
+        self._needed = 9
+        while end - pos >= 9 and not self._closing:
+            high, low, kind, flags, stream_id = f.HEADER.unpack_from(data, pos)
+            length = (high << 16) | low
+            if length > limit:
+                raise ConnectionFailure(ErrorCode.FRAME_SIZE_ERROR, f"frame of {length} bytes")
+            if end - pos - 9 < length:
+                self._needed = 9 + length
+                break
+            self._frame(kind, flags, stream_id & 0x7FFFFFFF, view[pos + 9 : pos + 9 + length])
+            pos += 9 + length
+        return pos
+
+    def _frame(self, kind: int, flags: int, stream_id: int, payload: memoryview) -> None:
+        if not self._settings_seen:
+            if kind != FrameType.SETTINGS or flags & Flag.ACK:
+                raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "the preface must be SETTINGS")
+            self._settings_seen = True
+        if self._continuation is not None and kind != FrameType.CONTINUATION:
+            raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "expected CONTINUATION")
+        try:
+            if kind == FrameType.DATA:
+                self._on_data(flags, stream_id, payload)
+            elif kind == FrameType.HEADERS:
+                self._on_headers(flags, stream_id, payload)
+            elif kind == FrameType.CONTINUATION:
+                self._on_continuation(flags, stream_id, payload)
+            elif kind == FrameType.WINDOW_UPDATE:
+                self._on_window_update(stream_id, payload)
+            elif kind == FrameType.SETTINGS:
+                self._on_settings(flags, stream_id, payload)
+            elif kind == FrameType.PING:
+                self._on_ping(flags, stream_id, payload)
+            elif kind == FrameType.RST_STREAM:
+                self._on_rst_stream(stream_id, payload)
+            elif kind == FrameType.PRIORITY:
+                if stream_id == 0:
+                    raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "PRIORITY on stream 0")
+                if len(payload) != 5:
+                    raise StreamFailure(stream_id, ErrorCode.FRAME_SIZE_ERROR, "PRIORITY size")
+            elif kind == FrameType.GOAWAY:
+                self._on_goaway(stream_id)
+            elif kind == FrameType.PUSH_PROMISE:
+                raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "clients cannot push")
+            # unknown frame types are ignored (RFC 9113 4.1)
+        except StreamFailure as exc:
+            self._stream_failed(exc.stream_id, exc.code)
+
+    def _on_data(self, flags: int, stream_id: int, payload: memoryview) -> None:
+        if stream_id == 0:
+            raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "DATA on stream 0")
+        size = len(payload)
+        self._recv_window -= size
+        if self._recv_window < 0:
+            raise ConnectionFailure(ErrorCode.FLOW_CONTROL_ERROR, "connection window exceeded")
+        self._recv_unacked += size
+        if self._recv_unacked >= self._limits.connection_window // 2:
+            self._write(f.window_update(0, self._recv_unacked))
+            self._recv_window += self._recv_unacked
+            self._recv_unacked = 0
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            if stream_id > self._last_stream_id:
+                raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "DATA on an idle stream")
+            return  # a stream we closed or reset: ignored, its window already counted
+        if stream.remote_closed:
+            raise StreamFailure(stream_id, ErrorCode.STREAM_CLOSED, "DATA after END_STREAM")
+        stream.recv_window -= size
+        if stream.recv_window < 0:
+            raise StreamFailure(stream_id, ErrorCode.FLOW_CONTROL_ERROR, "stream window exceeded")
+        if flags & Flag.PADDED:
+            payload = _unpad(payload)
+            self.consumed(stream_id, size - len(payload))
+        assert stream.events is not None
+        if payload:
+            stream.events.data(payload)
+        if flags & Flag.END_STREAM and stream_id in self._streams:
+            stream.remote_closed = True
+            stream.events.end()
+
+    def _on_headers(self, flags: int, stream_id: int, payload: memoryview) -> None:
+        if stream_id == 0:
+            raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "HEADERS on stream 0")
+        block = _unpad(payload) if flags & Flag.PADDED else payload
+        if flags & Flag.PRIORITY:
+            if len(block) < 5:
+                raise ConnectionFailure(ErrorCode.FRAME_SIZE_ERROR, "HEADERS priority too short")
+            block = block[5:]
+        if flags & Flag.END_HEADERS:
+            self._headers_complete(stream_id, flags, bytes(block))
+        else:
+            self._continuation = (stream_id, flags, bytearray(block))
+            self._check_block_size(len(block))
+
+    def _on_continuation(self, flags: int, stream_id: int, payload: memoryview) -> None:
+        if self._continuation is None or self._continuation[0] != stream_id:
+            raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "unexpected CONTINUATION")
+        _, first_flags, block = self._continuation
+        block += payload
+        self._check_block_size(len(block))
+        if flags & Flag.END_HEADERS:
+            self._continuation = None
+            self._headers_complete(stream_id, first_flags, bytes(block))
+
+    def _check_block_size(self, size: int) -> None:
+        if size > self._limits.max_header_block:
+            raise ConnectionFailure(ErrorCode.ENHANCE_YOUR_CALM, "header block too large")
+
+    def _headers_complete(self, stream_id: int, flags: int, block: bytes) -> None:
+        headers = self._decode(block)  # always, so the HPACK state stays in step with the peer
+        stream = self._streams.get(stream_id)
+        if stream is not None:  # trailers: gRPC clients send none, but they are legal
+            if stream.remote_closed:
+                raise StreamFailure(stream_id, ErrorCode.STREAM_CLOSED, "HEADERS after END_STREAM")
+            if not flags & Flag.END_STREAM:
+                raise StreamFailure(stream_id, ErrorCode.PROTOCOL_ERROR, "trailers must end")
+            stream.remote_closed = True
+            assert stream.events is not None
+            stream.events.end()
+            return
+        if stream_id % 2 == 0:
+            raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "client stream ids are odd")
+        if stream_id <= self._last_stream_id:
+            return  # headers for a stream we reset; nothing to do
+        self._last_stream_id = stream_id
+        if self._goaway_sent:
+            return  # after GOAWAY new streams are ignored (the client may retry them)
+        if len(self._streams) >= self._limits.max_concurrent_streams:
+            self._write(f.rst_stream(stream_id, ErrorCode.REFUSED_STREAM))
+            return
+        stream = _Stream(stream_id, self._limits.stream_window, self._peer_window)
+        stream.remote_closed = bool(flags & Flag.END_STREAM)
+        self._streams[stream_id] = stream
+        stream.events = self._opener(self, stream_id, headers)
+        if stream.remote_closed and stream_id in self._streams:
+            stream.events.end()
+
+    def _decode(self, block: bytes) -> Headers:
+        cached = self._header_cache.get(block)
+        if cached is not None:
+            return cached
+        try:
+            headers: Headers = self._decoder.decode(block, raw=True)
+        except hpack.HPACKError as exc:
+            raise ConnectionFailure(ErrorCode.COMPRESSION_ERROR, f"bad headers: {exc}") from None
+        if block.translate(None, _INDEXED_ONLY):
+            self._header_cache.clear()  # a literal may have changed the dynamic table
+        else:
+            if len(self._header_cache) >= _HEADER_CACHE_SIZE:
+                self._header_cache.clear()
+            self._header_cache[block] = headers
+        return headers
+
+    def _on_window_update(self, stream_id: int, payload: memoryview) -> None:
+        if len(payload) != 4:
+            raise ConnectionFailure(ErrorCode.FRAME_SIZE_ERROR, "WINDOW_UPDATE size")
+        increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
+        if stream_id == 0:
+            if increment == 0:
+                raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+            self._send_window += increment
+            if self._send_window > f.MAX_WINDOW:
+                raise ConnectionFailure(ErrorCode.FLOW_CONTROL_ERROR, "window over 2^31-1")
+            self._pump_blocked()
+            return
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            if stream_id > self._last_stream_id:
+                raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE on idle stream")
+            return
+        if increment == 0:
+            raise StreamFailure(stream_id, ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+        stream.send_window += increment
+        if stream.send_window > f.MAX_WINDOW:
+            raise StreamFailure(stream_id, ErrorCode.FLOW_CONTROL_ERROR, "window over 2^31-1")
+        self._pump(stream)
+
+    def _on_settings(self, flags: int, stream_id: int, payload: memoryview) -> None:
+        if stream_id != 0:
+            raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "SETTINGS on a stream")
+        if flags & Flag.ACK:
+            if payload:
+                raise ConnectionFailure(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS ACK with payload")
+            return
+        for key, value in f.parse_settings(bytes(payload)):
+            if key == Setting.INITIAL_WINDOW_SIZE:
+                if value > f.MAX_WINDOW:
+                    raise ConnectionFailure(ErrorCode.FLOW_CONTROL_ERROR, "window over 2^31-1")
+                delta, self._peer_window = value - self._peer_window, value
+                for stream in self._streams.values():
+                    stream.send_window += delta
+            elif key == Setting.MAX_FRAME_SIZE:
+                if not f.DEFAULT_FRAME_SIZE <= value <= f.MAX_FRAME_SIZE_LIMIT:
+                    raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "bad MAX_FRAME_SIZE")
+                self._peer_frame_size = value
+            elif key == Setting.ENABLE_PUSH and value > 1:
+                raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "bad ENABLE_PUSH")
+        self._write(f.frame(FrameType.SETTINGS, Flag.ACK, 0))
+        self._pump_blocked()
+
+    def _on_ping(self, flags: int, stream_id: int, payload: memoryview) -> None:
+        if stream_id != 0:
+            raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "PING on a stream")
+        if len(payload) != 8:
+            raise ConnectionFailure(ErrorCode.FRAME_SIZE_ERROR, "PING size")
+        if not flags & Flag.ACK:
+            self._write(f.frame(FrameType.PING, Flag.ACK, 0, bytes(payload)))
+
+    def _on_rst_stream(self, stream_id: int, payload: memoryview) -> None:
+        if stream_id == 0:
+            raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "RST_STREAM on stream 0")
+        if len(payload) != 4:
+            raise ConnectionFailure(ErrorCode.FRAME_SIZE_ERROR, "RST_STREAM size")
+        if stream_id > self._last_stream_id:
+            raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "RST_STREAM on an idle stream")
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None:
+            self._blocked.pop(stream_id, None)
+            if stream.events is not None:
+                stream.events.reset()
+            self._close_if_done()
+
+    def _on_goaway(self, stream_id: int) -> None:
+        if stream_id != 0:
+            raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "GOAWAY on a stream")
+        self._goaway_sent = True  # the peer opens no more streams; finish the open ones
+        self._close_if_done()
+
+    # -- sending -----------------------------------------------------------------------------------
+
+    def _write_header_block(self, stream_id: int, block: bytes, end_stream: bool) -> None:
+        size = self._peer_frame_size
+        flags = Flag.END_STREAM if end_stream else 0
+        if len(block) <= size:
+            self._write(f.frame(FrameType.HEADERS, flags | Flag.END_HEADERS, stream_id, block))
+            return
+        pieces = [block[i : i + size] for i in range(0, len(block), size)]
+        self._write(f.frame(FrameType.HEADERS, flags, stream_id, pieces[0]))
+        for index, piece in enumerate(pieces[1:], start=2):
+            last = Flag.END_HEADERS if index == len(pieces) else 0
+            self._write(f.frame(FrameType.CONTINUATION, last, stream_id, piece))
+
+    def _pump(self, stream: _Stream) -> None:
+        """Send what the windows allow of the stream's data, then its trailers."""
+        outbound = stream.outbound
+        while outbound:
+            data, ends = outbound[0]
+            room = min(self._send_window, stream.send_window, self._peer_frame_size)
+            if room <= 0 and data:
+                self._blocked[stream.stream_id] = None
+                return
+            piece, rest = (data, b"") if len(data) <= room else (data[:room], data[room:])
+            last = not rest and ends and len(outbound) == 1 and stream.trailers is None
+            self._write(
+                f.frame(FrameType.DATA, Flag.END_STREAM if last else 0, stream.stream_id, piece)
+            )
+            self._send_window -= len(piece)
+            stream.send_window -= len(piece)
+            if rest:
+                outbound[0] = (rest, ends)
+            else:
+                outbound.popleft()
+            if last:
+                self._local_end(stream)
+                return
+        self._blocked.pop(stream.stream_id, None)
+        if stream.trailers is not None:
+            block, stream.trailers = stream.trailers, None
+            self._write_header_block(stream.stream_id, block, True)
+            self._local_end(stream)
+
+    def _pump_blocked(self) -> None:
+        for stream_id in list(self._blocked):
+            if self._send_window <= 0:
+                return
+            stream = self._streams.get(stream_id)
+            if stream is None:
+                self._blocked.pop(stream_id, None)
+            else:
+                self._pump(stream)
+
+    def _local_end(self, stream: _Stream) -> None:
+        """We sent END_STREAM. A peer still sending is told to stop (RST_STREAM NO_ERROR)."""
+        self._streams.pop(stream.stream_id, None)
+        self._blocked.pop(stream.stream_id, None)
+        if not stream.remote_closed:
+            self._write(f.rst_stream(stream.stream_id, ErrorCode.NO_ERROR))
+        self._close_if_done()
+
+    def _stream_failed(self, stream_id: int, code: ErrorCode) -> None:
+        stream = self._streams.pop(stream_id, None)
+        self._blocked.pop(stream_id, None)
+        self._write(f.rst_stream(stream_id, code))
+        if stream is not None and stream.events is not None:
+            stream.events.reset()
+
+    def _write(self, data: bytes) -> None:
+        self._writes.append(data)
+        if not self._receiving and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._writes and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(b"".join(self._writes))
+        self._writes.clear()
+
+    # -- closing -----------------------------------------------------------------------------------
+
+    def _close_if_done(self) -> None:
+        if self._goaway_sent and not self._streams and self._transport is not None:
+            self._flush()
+            self._transport.close()
+
+    def _fail(self, code: ErrorCode, message: str) -> None:
+        log.info("closing an HTTP/2 connection: %s (%s)", message, code.name)
+        self._write(f.goaway(self._last_stream_id, code, message.encode()[:256]))
+        self._flush()
+        self._closing = True
+        if self._transport is not None:
+            self._transport.close()
+
+    def _refuse_non_http2(self, data: bytes) -> None:
+        if data[:1].isalpha():  # most likely an HTTP/1.1 request line
+            self._writes = [_HTTP1_REPLY]
+            self._flush()
+        self._closing = True
+        if self._transport is not None:
+            self._transport.close()
+
+    def _preface_expired(self) -> None:
+        if not self._preface_seen and self._transport is not None:
+            self._closing = True
+            self._transport.close()
+
+
+def _unpad(payload: memoryview) -> memoryview:
+    if not payload:
+        raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "padded frame without a pad length")
+    pad = payload[0]
+    if pad >= len(payload):
+        raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "padding longer than the frame")
+    return payload[1 : len(payload) - pad]

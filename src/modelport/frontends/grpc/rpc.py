@@ -1,0 +1,398 @@
+"""gRPC over the HTTP/2 streams of `http2.connection`: methods, messages, deadlines, status.
+
+Follows gRPC's PROTOCOL-HTTP2 specification: a POST to `/package.Service/Method` with
+`content-type: application/grpc`, length-prefixed protobuf messages (optionally gzip/deflate
+compressed, per `grpc-encoding`), `grpc-timeout` for the deadline, and the outcome as
+`grpc-status` / `grpc-message` trailers. Unary and bidirectional-streaming methods are served
+(the v2 service has no other kind). Errors raised as ModelportError map to status codes through
+frontends/status.py, the one error table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+from urllib.parse import quote
+
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.message_factory import GetMessageClass
+
+from modelport.core.errors import ModelportError
+from modelport.frontends.compression import decode_body
+from modelport.frontends.grpc.http2.connection import Connection, Headers
+from modelport.frontends.grpc.http2.frames import STATUS_200, hpack_literal, hpack_status
+from modelport.frontends.status import grpc_code_name
+
+log = logging.getLogger("modelport.grpc")
+
+
+class Status(IntEnum):
+    """gRPC status codes (the numbers are part of the protocol)."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+
+class RpcError(Exception):
+    """Ends a call with a status other than OK (for failures that are not ModelportErrors)."""
+
+    def __init__(self, status: Status, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+ENCODINGS = ("identity", "gzip", "deflate")
+_CONTENT_TYPE = hpack_literal(b"content-type", b"application/grpc")
+RESPONSE_HEADERS = STATUS_200 + _CONTENT_TYPE
+TRAILERS_OK = hpack_literal(b"grpc-status", b"0")
+_MESSAGE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if c != 0x25)
+_MAX_STATUS_MESSAGE = 8 << 10
+_TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+_HOLD_MESSAGES = 32
+_HOLD_BYTES = 4 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    request_type: type[Message]
+    streaming: bool
+    handler: Callable[..., Any]
+    """unary: async (request, call) -> response; streaming: (requests, call) -> async iterator"""
+
+
+def service_methods(servicer: object, service: ServiceDescriptor) -> dict[bytes, Method]:
+    """Paths of the service's methods that `servicer` implements; the rest answer UNIMPLEMENTED."""
+    table = {}
+    for method in service.methods:
+        handler = getattr(servicer, method.name, None)
+        if handler is None:
+            continue
+        if method.client_streaming != method.server_streaming:
+            raise TypeError(f"{method.full_name}: only unary and bidirectional methods are served")
+        path = f"/{service.full_name}/{method.name}".encode()
+        table[path] = Method(GetMessageClass(method.input_type), method.client_streaming, handler)
+    return table
+
+
+def status_block(status: Status, message: str, *, headers: bool) -> bytes:
+    """Trailers with the status; `headers` makes it a Trailers-Only response (no body sent)."""
+    block = RESPONSE_HEADERS if headers else b""
+    block += hpack_literal(b"grpc-status", str(int(status)).encode())
+    if message:
+        text = quote(message[:_MAX_STATUS_MESSAGE], safe=_MESSAGE_SAFE)
+        block += hpack_literal(b"grpc-message", text.encode("ascii"))
+    return block
+
+
+def frame_message(body: bytes) -> bytes:
+    return b"\x00" + len(body).to_bytes(4, "big") + body
+
+
+def parse_timeout(value: bytes) -> float:
+    """`grpc-timeout`: at most 8 digits and a unit (H M S m u n) -> seconds."""
+    digits, unit = value[:-1], value[-1:]
+    if not (0 < len(digits) <= 8 and digits.isdigit() and unit in _TIMEOUT_UNITS):
+        shown = value.decode(errors="replace")
+        raise RpcError(Status.INTERNAL, f"malformed grpc-timeout {shown!r}")
+    return int(digits) * _TIMEOUT_UNITS[unit]
+
+
+class Dispatcher:
+    """The connection's StreamOpener: turns each new stream into a Call, or refuses it."""
+
+    def __init__(self, methods: dict[bytes, Method], max_message_bytes: int) -> None:
+        self._methods = methods
+        self.max_message_bytes = max_message_bytes
+
+    def __call__(self, connection: Connection, stream_id: int, headers: Headers) -> Any:
+        fields = dict(headers)
+        if fields.get(b":method") != b"POST":
+            connection.send_headers(stream_id, hpack_status(405), end_stream=True)
+            return _Ignored()
+        if not fields.get(b"content-type", b"").startswith(b"application/grpc"):
+            connection.send_headers(stream_id, hpack_status(415), end_stream=True)
+            return _Ignored()
+        path = fields.get(b":path", b"")
+        method = self._methods.get(path)
+        try:
+            if method is None:
+                name = path.decode(errors="replace")
+                raise RpcError(Status.UNIMPLEMENTED, f"Method not found: {name}")
+            encoding = fields.get(b"grpc-encoding", b"identity").decode(errors="replace")
+            if encoding not in ENCODINGS:
+                raise RpcError(Status.UNIMPLEMENTED, f"grpc-encoding {encoding!r} is not supported")
+            timeout = fields.get(b"grpc-timeout")
+            seconds = parse_timeout(timeout) if timeout is not None else None
+        except RpcError as exc:
+            connection.send_headers(
+                stream_id, status_block(exc.status, exc.message, headers=True), end_stream=True
+            )
+            return _Ignored()
+        return Call(self, connection, stream_id, method, encoding, seconds)
+
+
+class _Ignored:
+    """Events of a stream already answered at its headers."""
+
+    def data(self, chunk: memoryview) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+    def reset(self) -> None:
+        pass
+
+
+class Call:
+    """One RPC. Handlers receive it as their context (`time_remaining()`)."""
+
+    __slots__ = (
+        "_buffer",
+        "_connection",
+        "_deadline",
+        "_dispatcher",
+        "_encoding",
+        "_ended",
+        "_finished",
+        "_held",
+        "_loop",
+        "_messages",
+        "_method",
+        "_queued_bytes",
+        "_stream_id",
+        "_task",
+        "_timer",
+        "_waiter",
+    )
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        connection: Connection,
+        stream_id: int,
+        method: Method,
+        encoding: str,
+        timeout: float | None,
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._connection = connection
+        self._stream_id = stream_id
+        self._method = method
+        self._encoding = encoding
+        self._loop = asyncio.get_running_loop()
+        self._buffer = bytearray()
+        self._messages: deque[bytes] = deque()
+        self._queued_bytes = 0
+        self._held = 0
+        self._ended = False
+        self._finished = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._deadline = None if timeout is None else self._loop.time() + timeout
+        self._timer = None if timeout is None else self._loop.call_later(timeout, self._expire)
+        if method.streaming:
+            self._start(self._run_stream())
+
+    # -- what handlers see ----------------------------------------------------------------------
+
+    def time_remaining(self) -> float | None:
+        return None if self._deadline is None else max(0.0, self._deadline - self._loop.time())
+
+    # -- StreamEvents ------------------------------------------------------------------------------
+
+    def data(self, chunk: memoryview) -> None:
+        if self._finished:
+            return
+        buffer = self._buffer
+        buffer += chunk
+        arrived = len(chunk)
+        taken = 0
+        limit = self._dispatcher.max_message_bytes
+        while len(buffer) >= 5:
+            size = int.from_bytes(buffer[1:5], "big")
+            if size > limit:
+                self._fail(
+                    Status.RESOURCE_EXHAUSTED,
+                    f"received message larger than max ({size} vs. {limit})",
+                )
+                return
+            if len(buffer) < 5 + size:
+                break
+            message = bytes(buffer[5 : 5 + size])
+            if buffer[0]:
+                message = self._decompress(message)
+                if message is None:
+                    return
+            del buffer[: 5 + size]
+            taken += 5 + size
+            self._messages.append(message)
+            self._queued_bytes += len(message)
+        if not self._method.streaming:
+            self._connection.consumed(self._stream_id, arrived)  # one message, bounded by limit
+            if len(self._messages) > 1:
+                self._fail(Status.INTERNAL, "a unary call received more than one request message")
+            return
+        # Streams: bytes of messages nobody has taken yet are given back to the peer's window
+        # only while the queue is short, so a client that outpaces the handler gets throttled.
+        self._held += arrived
+        self._release_window()
+        if taken and self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def end(self) -> None:
+        self._ended = True
+        if self._finished:
+            return
+        if self._method.streaming:
+            if self._waiter is not None and not self._waiter.done():
+                self._waiter.set_result(None)
+            return
+        if self._buffer or len(self._messages) != 1:
+            self._fail(Status.INTERNAL, "a unary call needs exactly one complete request message")
+            return
+        self._start(self._run_unary(self._messages.popleft()))
+
+    def reset(self) -> None:
+        self._close()
+        if self._task is not None:
+            self._task.cancel()
+
+    # -- running -----------------------------------------------------------------------------------
+
+    def _start(self, work: Any) -> None:
+        self._task = self._loop.create_task(work)
+
+    async def _run_unary(self, payload: bytes) -> None:
+        method = self._method
+        try:
+            try:
+                request = method.request_type.FromString(payload)
+            except DecodeError:
+                raise RpcError(Status.INTERNAL, "could not parse the request message") from None
+            reply = await method.handler(request, self)
+        except Exception as exc:
+            self._fail(*_status_of(exc))
+            return
+        if self._finished:
+            return
+        self._close()
+        body = frame_message(reply.SerializeToString())
+        self._connection.respond(self._stream_id, RESPONSE_HEADERS, body, TRAILERS_OK)
+
+    async def _run_stream(self) -> None:
+        started = False
+        try:
+            async with contextlib.aclosing(self._method.handler(self._requests(), self)) as replies:
+                async for reply in replies:
+                    if self._finished:
+                        return
+                    if not started:
+                        self._connection.send_headers(self._stream_id, RESPONSE_HEADERS)
+                        started = True
+                    self._connection.send_data(
+                        self._stream_id, frame_message(reply.SerializeToString())
+                    )
+        except Exception as exc:
+            status, message = _status_of(exc)
+        else:
+            status, message = Status.OK, ""
+        if self._finished:
+            return
+        self._close()
+        if started:
+            self._connection.send_trailers(
+                self._stream_id, status_block(status, message, headers=False)
+            )
+        else:
+            block = status_block(status, message, headers=True)
+            self._connection.send_headers(self._stream_id, block, end_stream=True)
+
+    async def _requests(self) -> AsyncIterator[Message]:
+        parse = self._method.request_type.FromString
+        while True:
+            while self._messages:
+                message = self._messages.popleft()
+                self._queued_bytes -= len(message)
+                self._release_window()
+                try:
+                    yield parse(message)
+                except DecodeError:
+                    raise RpcError(Status.INTERNAL, "could not parse a request message") from None
+            if self._ended or self._finished:
+                return
+            self._waiter = self._loop.create_future()
+            await self._waiter
+
+    def _release_window(self) -> None:
+        if self._held and (
+            len(self._messages) < _HOLD_MESSAGES and self._queued_bytes < _HOLD_BYTES
+        ):
+            self._connection.consumed(self._stream_id, self._held)
+            self._held = 0
+
+    def _decompress(self, message: bytes) -> bytes | None:
+        if self._encoding == "identity":
+            self._fail(Status.INTERNAL, "a compressed message arrived without grpc-encoding")
+            return None
+        try:
+            return decode_body(message, self._encoding, self._dispatcher.max_message_bytes)
+        except ModelportError as exc:
+            self._fail(*_status_of(exc))
+            return None
+
+    # -- finishing ---------------------------------------------------------------------------------
+
+    def _fail(self, status: Status, message: str) -> None:
+        """End the call with an error status (once); a peer still sending is told to stop."""
+        if self._finished:
+            return
+        self._close()
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
+        block = status_block(status, message, headers=True)
+        self._connection.send_headers(self._stream_id, block, end_stream=True)
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._fail(Status.DEADLINE_EXCEEDED, "Deadline Exceeded")
+
+    def _close(self) -> None:
+        self._finished = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+def _status_of(exc: Exception) -> tuple[Status, str]:
+    if isinstance(exc, ModelportError):
+        return Status[grpc_code_name(exc.kind)], exc.message
+    if isinstance(exc, RpcError):
+        return exc.status, exc.message
+    log.error("unexpected error in a gRPC call", exc_info=exc)
+    return Status.INTERNAL, f"internal error: {type(exc).__name__}"
