@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from modelport.core.manager import ModelManager
 from modelport.core.server import InferenceServer
@@ -32,7 +33,7 @@ class Application:
     settings: ServerSettings
     server: InferenceServer
     metrics: Metrics
-    http: Starlette
+    http: ASGIApp
 
 
 def build(settings: ServerSettings) -> Application:

@@ -373,6 +373,9 @@ def test_unknown_route_answers_json(limited_server: Server) -> None:
     reply = httpx.get(f"{limited_server.base}/v2/nothing/here")
     assert reply.status_code == 404
     assert "error" in reply.json()
+    reply = httpx.get(f"{limited_server.base}/v2/models/mlp/versions/1/infer")
+    assert (reply.status_code, reply.headers["allow"]) == (405, "POST")
+    assert reply.json() == {"error": "Method Not Allowed: GET /v2/models/mlp/versions/1/infer"}
 
 
 def test_failed_model_is_reported_and_others_serve(limited_server: Server) -> None:

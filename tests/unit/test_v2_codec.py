@@ -167,3 +167,26 @@ def test_json_uint64_values_are_exact(data: list, ok: bool) -> None:
     else:
         with pytest.raises(InvalidInput, match="integers in range"):
             decode_request(body, None, guard, "m", None)
+
+
+@pytest.mark.parametrize(
+    ("path", "target"),
+    [
+        ("/v2/models/mlp/infer", ("mlp", None)),
+        ("/v2/models/mlp/versions/3/infer", ("mlp", "3")),
+        ("/v2/models/mlp/versions/canary/infer", ("mlp", "canary")),
+        ("/v2/models//infer", None),
+        ("/v2/models/mlp/versions//infer", None),
+        ("/v2/models/mlp/infer/", None),
+        ("/v1/models/mlp/infer", None),
+        ("/v2/models/mlp/ready", None),
+        ("/v2/models/mlp/versions/3/ready", None),
+        ("/v2/repository/models/mlp/infer", None),
+    ],
+)
+def test_infer_paths_are_recognised_like_the_route_table_would(
+    path: str, target: tuple[str, str | None] | None
+) -> None:
+    from modelport.frontends.rest.infer_route import infer_target
+
+    assert infer_target(path) == target

@@ -11,9 +11,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from modelport.core.errors import ModelportError
 from modelport.core.server import InferenceServer
+from modelport.frontends.rest.infer_route import InferRoute
 from modelport.frontends.rest.tfserving import TFServingEndpoints
 from modelport.frontends.rest.v2 import V2Endpoints, error_response
 from modelport.frontends.status import http_status
@@ -30,8 +32,8 @@ def create_app(
     *,
     max_request_bytes: int,
     lifespan: Lifespan | None = None,
-) -> Starlette:
-    v2 = V2Endpoints(server, max_request_bytes)
+) -> ASGIApp:
+    v2 = V2Endpoints(server)
     tfserving = TFServingEndpoints(server, max_request_bytes)
 
     async def render_metrics(request: Request) -> Response:
@@ -42,7 +44,7 @@ def create_app(
         *tfserving.routes(),
         Route("/metrics", render_metrics, methods=["GET"]),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         lifespan=lifespan or _no_lifespan,
         exception_handlers={
@@ -51,6 +53,7 @@ def create_app(
             Exception: _unexpected_error,
         },
     )
+    return InferRoute(app, server, max_request_bytes)
 
 
 @asynccontextmanager

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -15,22 +12,10 @@ from starlette.routing import Route
 from modelport.core.errors import ErrorKind, InvalidInput, ModelportError, PayloadTooLarge
 from modelport.core.server import InferenceServer
 from modelport.frontends import model_control, triton_config
-from modelport.frontends.compression import choose_encoding, decode_body, encode_body
-from modelport.frontends.rest.v2_codec import (
-    HEADER_LENGTH,
-    decode_request,
-    encode_response,
-    parse_header_length,
-    parse_json_object,
-)
+from modelport.frontends.rest.v2_codec import parse_json_object
 
 JSON = "application/json"
-OFF_LOOP_BYTES = 256 * 1024
-LARGE_BODIES_AT_ONCE = 2
-Result = TypeVar("Result")
 MAX_CONTROL_BODY = 2 * 1024 * 1024
-MIN_COMPRESSED_BYTES = 1024
-"""Smaller responses go out uncompressed even when the client accepts gzip: no gain, only CPU."""
 
 
 def json_response(content: object, status: int = 200) -> Response:
@@ -62,20 +47,11 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 class V2Endpoints:
-    def __init__(self, server: InferenceServer, max_request_bytes: int) -> None:
-        self.server = server
-        self.max_request_bytes = max_request_bytes
-        self._large_bodies = asyncio.Semaphore(LARGE_BODIES_AT_ONCE)
+    """Everything under /v2 except infer, which `infer_route.InferRoute` answers in front of
+    the routing table."""
 
-    async def _off_loop_if_large(
-        self, size: int, function: Callable[..., Result], *args: Any
-    ) -> Result:
-        """Small bodies are decoded inline (a thread hop would cost more than the work); large
-        ones in a worker thread, a few at a time, so one big request cannot stall the others."""
-        if size < OFF_LOOP_BYTES:
-            return function(*args)
-        async with self._large_bodies:
-            return await asyncio.to_thread(function, *args)
+    def __init__(self, server: InferenceServer) -> None:
+        self.server = server
 
     def routes(self) -> list[Route]:
         model = "/v2/models/{model}"
@@ -93,7 +69,6 @@ class V2Endpoints:
             routes += [
                 Route(prefix, self.model_metadata, methods=["GET"]),
                 Route(f"{prefix}/ready", self.model_ready, methods=["GET"]),
-                Route(f"{prefix}/infer", self.infer, methods=["POST"]),
                 Route(f"{prefix}/config", self.model_config, methods=["GET"]),
                 Route(f"{prefix}/stats", self.statistics, methods=["GET"]),
             ]
@@ -150,38 +125,6 @@ class V2Endpoints:
         model_control.check_unload_parameters(await _parameters(request))
         await self.server.unload_model(request.path_params["model"])
         return json_response({})
-
-    async def infer(self, request: Request) -> Response:
-        started = time.perf_counter_ns()
-        name, version = _model_params(request)
-        entry = self.server.model(name, version)
-        assert entry.guard is not None
-        try:
-            body = await read_body(request, self.max_request_bytes)
-            body = decode_body(
-                body, request.headers.get("content-encoding"), self.max_request_bytes
-            )
-            header_length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
-            infer_request, output_format = await self._off_loop_if_large(
-                len(body), decode_request, body, header_length, entry.guard, name, version
-            )
-        except ModelportError as exc:
-            self.server.record_rejected(entry, exc, started)
-            raise
-        response = await self.server.infer(infer_request, entry)
-        size = sum(array.nbytes for array in response.outputs.values())
-        payload, json_length = await self._off_loop_if_large(
-            size, encode_response, response, output_format
-        )
-        headers = {}
-        if json_length is not None:
-            headers["Inference-Header-Content-Length"] = str(json_length)
-        encoding = choose_encoding(request.headers.get("accept-encoding"))
-        if encoding is not None and len(payload) >= MIN_COMPRESSED_BYTES:
-            payload = encode_body(payload, encoding)
-            headers["Content-Encoding"] = encoding
-        media_type = JSON if json_length is None else "application/octet-stream"
-        return Response(payload, media_type=media_type, headers=headers)
 
 
 async def _parameters(request: Request) -> dict[str, Any]:
