@@ -22,8 +22,8 @@ from modelport.core.errors import InvalidInput
 from modelport.core.server import InferenceServer
 from modelport.core.types import DataType, InferRequest, TensorSpec
 from modelport.core.versions import ModelState, ModelVersion
+from modelport.frontends.rest.request_json import parse_json_object
 from modelport.frontends.rest.v2 import json_response, read_body
-from modelport.frontends.rest.v2_codec import parse_json_object
 
 _STATE = {
     ModelState.LOADING: "LOADING",

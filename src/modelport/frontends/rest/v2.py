@@ -12,7 +12,7 @@ from starlette.routing import Route
 from modelport.core.errors import ErrorKind, InvalidInput, ModelportError, PayloadTooLarge
 from modelport.core.server import InferenceServer
 from modelport.frontends import model_control, triton_config
-from modelport.frontends.rest.v2_codec import parse_json_object
+from modelport.frontends.rest.request_json import parse_json_object
 
 JSON = "application/json"
 MAX_CONTROL_BODY = 2 * 1024 * 1024

@@ -23,6 +23,7 @@ from modelport.core.validate import (
     timeout_from_microseconds,
 )
 from modelport.frontends.raw_tensors import from_raw, to_raw
+from modelport.frontends.rest.request_json import parse_request
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -60,7 +61,7 @@ def decode_request(
     else:
         view = memoryview(body)
         header, binary = view[:header_length], view[header_length:]
-    document = parse_json_object(header)
+    document = parse_request(header)
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput("'id' must be a string")
@@ -82,16 +83,6 @@ def decode_request(
         timeout=timeout_from_microseconds(parameters.get("timeout")),
     )
     return request, output_format
-
-
-def parse_json_object(header: bytes | memoryview) -> dict[str, Any]:
-    try:
-        document = orjson.loads(header)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON in the request body: {exc}") from None
-    if not isinstance(document, dict):
-        raise InvalidInput("the request body must be a JSON object")
-    return document
 
 
 def _mapping(value: object, where: str) -> dict[str, Any]:
@@ -150,6 +141,13 @@ def _from_json(name: str, datatype: DataType, shape: tuple[int, ...], data: obje
     if datatype is DataType.BYTES:
         return _json_strings(name, data, count).reshape(shape)
     target = datatype.numpy_dtype
+    if isinstance(data, np.ndarray):  # floating-point data, already parsed (request_json)
+        if data.size != count:
+            raise InvalidInput(
+                f"input '{name}': 'data' holds {data.size} elements but shape {list(shape)} "
+                f"needs {count}"
+            )
+        return data.astype(target).reshape(shape)
     try:
         parsed = np.asarray(data)
     except (ValueError, TypeError):

@@ -88,7 +88,7 @@ class _Stream:
         self.recv_unacked = 0
         self.send_window = send_window
         self.remote_closed = False
-        self.outbound: deque[tuple[bytes, bool]] = deque()  # (data, ends the stream)
+        self.outbound: deque[tuple[memoryview, bool]] = deque()  # (data, ends the stream)
         self.trailers: bytes | None = None
 
 
@@ -205,7 +205,7 @@ class Connection(asyncio.Protocol):
         stream = self._streams.get(stream_id)
         if stream is None:
             return
-        stream.outbound.append((data, end_stream))
+        stream.outbound.append((memoryview(data), end_stream))
         self._pump(stream)
 
     def send_trailers(self, stream_id: int, block: bytes) -> None:
@@ -221,7 +221,7 @@ class Connection(asyncio.Protocol):
         if stream is None:
             return
         self._write_header_block(stream_id, headers, False)
-        stream.outbound.append((body, False))
+        stream.outbound.append((memoryview(body), False))
         stream.trailers = trailers
         self._pump(stream)
 
@@ -530,7 +530,7 @@ class Connection(asyncio.Protocol):
             if room <= 0 and data:
                 self._blocked[stream.stream_id] = None
                 return
-            piece, rest = (data, b"") if len(data) <= room else (data[:room], data[room:])
+            piece, rest = data[:room], data[room:]  # views: sending a large answer copies once
             last = not rest and ends and len(outbound) == 1 and stream.trailers is None
             self._write(
                 f.frame(FrameType.DATA, Flag.END_STREAM if last else 0, stream.stream_id, piece)

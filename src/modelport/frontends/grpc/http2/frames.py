@@ -80,7 +80,7 @@ class StreamFailure(Exception):
         self.code = code
 
 
-def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+def frame(kind: int, flags: int, stream_id: int, payload: bytes | memoryview = b"") -> bytes:
     length = len(payload)
     return HEADER.pack(length >> 16, length & 0xFFFF, kind, flags, stream_id) + payload
 
