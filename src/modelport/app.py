@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -36,12 +37,16 @@ class Application:
     http: ASGIApp
 
 
-def build(settings: ServerSettings) -> Application:
+def build(settings: ServerSettings, grpc_socket: socket.socket | None = None) -> Application:
+    """The server; `grpc_socket` is a listening socket shared with sibling workers (serving.py).
+    A worker among several loads its models before it takes requests; a lone server takes them
+    at once and reports not-ready until the load is done."""
     limits = Limits(
         max_request_bytes=settings.max_request_bytes,
         max_tensor_elements=settings.max_tensor_elements,
     )
-    metrics = Metrics()
+    load_first = settings.workers > 1
+    metrics = Metrics(multiprocess=settings.workers > 1)
     repository = LocalRepository(settings.repository)
     manager = ModelManager(repository, RuntimeRegistry(), metrics, limits)
     server = InferenceServer(
@@ -67,11 +72,19 @@ def build(settings: ServerSettings) -> Application:
         else:
             log.info("serving the model repository %s", settings.repository)
         grpc_server = GrpcServer(
-            server, settings.host, settings.grpc_port, max_message_bytes=settings.max_request_bytes
+            server,
+            settings.host,
+            settings.grpc_port,
+            max_message_bytes=settings.max_request_bytes,
+            sock=grpc_socket,
         )
+        if load_first:
+            await _load(server, poller)
         await grpc_server.start()
         log.info("v2 gRPC on %s:%d", settings.host, settings.grpc_port)
-        loading = asyncio.create_task(_start(server, poller), name="modelport-start")
+        loading = asyncio.create_task(
+            _follow(server, poller, loaded=load_first), name="modelport-start"
+        )
         loading.add_done_callback(_report_loaded)
         try:
             yield
@@ -88,12 +101,17 @@ def build(settings: ServerSettings) -> Application:
     return Application(settings, server, metrics, http)
 
 
-async def _start(server: InferenceServer, poller: RepositoryPoller | None) -> None:
-    """Load the repository, then (in poll mode) follow it until the server stops."""
+async def _load(server: InferenceServer, poller: RepositoryPoller | None) -> None:
     if poller is not None:
         await poller.snapshot()
     await server.start()
     log.info("the initial load has finished; the server is ready")
+
+
+async def _follow(server: InferenceServer, poller: RepositoryPoller | None, loaded: bool) -> None:
+    """Load the repository (unless done), then in poll mode follow it until the server stops."""
+    if not loaded:
+        await _load(server, poller)
     if poller is not None:
         log.info("polling the model repository every %g s", poller.interval)
         await poller.run()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EXAMPLE_REPOSITORY = Path(__file__).parent / "examples" / "repository"
@@ -26,6 +26,17 @@ class ServerSettings(BaseSettings):
     repository_poll_secs: float = Field(default=5.0, gt=0, le=3600)
     load_model: tuple[str, ...] = ()
     """Models to load at start in explicit mode ("*" for all); other modes load everything."""
+    workers: int = Field(default=1, ge=1, le=64)
+    """Server processes sharing the ports, each with its own copy of the models (serving.py)."""
+
+    @model_validator(mode="after")
+    def _one_process_for_explicit_control(self) -> ServerSettings:
+        if self.workers > 1 and self.model_control_mode == "explicit":
+            raise ValueError(
+                "--model-control-mode explicit needs --workers 1: a load or unload request "
+                "reaches one worker only; use poll mode to change models under several workers"
+            )
+        return self
 
     def startup_models(self) -> tuple[str, ...]:
         if self.model_control_mode != "explicit":

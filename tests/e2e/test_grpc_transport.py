@@ -20,18 +20,18 @@ from tests.support import Server, add_model, run_server
 pytestmark = pytest.mark.e2e
 
 ROW = 1 << 18  # FP32 elements per row: 1 MiB
+SLOW = "dynamic_batching: {max_batch_size: 8, max_queue_delay: 1500ms}\n"  # waits 1.5 s queued
+
+
+def add_slow_model(repo: Path) -> None:
+    add_model(repo, "slow", onnx_models.add_sub("FP32", 4), config=SLOW)
 
 
 @pytest.fixture(scope="module")
 def transport_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     repo = tmp_path_factory.mktemp("transport")
     add_model(repo, "wide", onnx_models.identity("FP32", ("N", ROW)))
-    add_model(
-        repo,
-        "slow",
-        onnx_models.add_sub("FP32", 4),
-        config="dynamic_batching: {max_batch_size: 8, max_queue_delay: 1500ms}\n",
-    )
+    add_slow_model(repo)
     with run_server(repo, repo / "server.log") as server:
         yield server
     assert "Traceback" not in server.log_text(), server.log_text()
@@ -115,12 +115,7 @@ def test_a_deadline_shorter_than_the_queue_wait(client: triton.InferenceServerCl
 
 def test_sigterm_lets_a_call_in_flight_finish(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    add_model(
-        repo,
-        "slow",
-        onnx_models.add_sub("FP32", 4),
-        config="dynamic_batching: {max_batch_size: 8, max_queue_delay: 1500ms}\n",
-    )
+    add_slow_model(repo)
     with run_server(repo, tmp_path / "server.log") as server:
         client = triton.InferenceServerClient(server.grpc_url)
         inputs = [triton.InferInput(name, [1, 4], "FP32") for name in ("INPUT0", "INPUT1")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -65,33 +66,33 @@ def cli() -> None:
     help="In explicit mode, a model to load at start (repeatable; '*' loads all).",
 )
 @click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="Server processes sharing the ports, each with its own copy of the models (default 1). "
+    "More help models that are cheap to run; see the README.",
+)
+@click.option(
     "--log-level",
     default=None,
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
 )
 def serve(**options: object) -> None:
     """Serve a model repository over the v2 protocol."""
-    import uvicorn
+    from pydantic import ValidationError
 
-    from modelport.app import build
     from modelport.observability.logging import configure
+    from modelport.serving import serve as run
     from modelport.settings import ServerSettings
 
     given = {k: v for k, v in options.items() if v is not None and v != ()}
-    settings = ServerSettings(**given)
+    try:
+        settings = ServerSettings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(error["msg"].removeprefix("Value error, ") for error in exc.errors())
+        raise click.UsageError(problems) from None
     configure(settings.log_level)
-    application = build(settings)
-    uvicorn.run(
-        application.http,
-        host=settings.host,
-        port=settings.http_port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_config=None,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=10,
-    )
+    sys.exit(run(settings))
 
 
 for command in (

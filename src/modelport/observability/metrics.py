@@ -1,6 +1,6 @@
 """Prometheus metrics with their own registry, fed by the core through InferenceObserver.
 
-Families are shared by every frontend (REST now; gRPC and queues later), labelled by model and
+Families are shared by every frontend (REST and gRPC), labelled by model and
 version. Label children are created once per model version, so a request costs a few counter
 increments, not label lookups.
 """
@@ -16,6 +16,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 # The *_created series double the exposition size and no dashboard of ours reads them.
 disable_created_metrics()
@@ -43,10 +44,20 @@ STATES = ("LOADING", "READY", "UNAVAILABLE", "FAILED")
 
 
 class Metrics:
+    """`multiprocess`: one of several server workers (serving.py). Values then live in files
+    under PROMETHEUS_MULTIPROC_DIR, which the supervisor sets, and a scrape of any worker sums
+    every worker's counters and histograms; gauges are per live worker (a `pid` label)."""
+
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, multiprocess: bool = False
+    ) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
+        self._exposition = self.registry
+        if multiprocess:
+            self._exposition = CollectorRegistry()
+            MultiProcessCollector(self._exposition)
         labels = ("model", "version")
         self.success = Counter(
             "modelport_inference_request_success",
@@ -99,12 +110,14 @@ class Metrics:
             "Requests inside the server for each model version (queued or running).",
             labels,
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.state = Gauge(
             "modelport_model_state",
             "1 for the state each model version is in, 0 for the others.",
             (*labels, "state"),
             registry=self.registry,
+            multiprocess_mode="liveall",
         )
 
     def recorder(self, model: str, version: str) -> VersionMetrics:
@@ -115,7 +128,7 @@ class Metrics:
             self.state.labels(model, version, candidate).set(1 if candidate == state else 0)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._exposition)
 
 
 class VersionMetrics:

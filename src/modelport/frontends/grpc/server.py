@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 
 from modelport.core.server import InferenceServer
 from modelport.frontends.grpc.generated import inference_pb2 as pb
@@ -25,17 +26,23 @@ class GrpcServer:
         *,
         max_message_bytes: int,
         limits: Http2Limits | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
+        """`sock`: an already listening socket (shared by several workers) instead of binding."""
         methods = service_methods(InferenceServicer(server), SERVICE)
         self._dispatcher = Dispatcher(methods, max_message_bytes)
         self._limits = limits or Http2Limits()
         self._host = host
         self._port = port
+        self._sock = sock
         self._listener: asyncio.Server | None = None
         self._connections: set[Connection] = set()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self._sock is not None:
+            self._listener = await loop.create_server(self._connect, sock=self._sock)
+            return
         try:
             self._listener = await loop.create_server(
                 self._connect, self._host, self._port, reuse_address=True

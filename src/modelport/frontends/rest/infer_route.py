@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import orjson
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelport.core.errors import InvalidInput, ModelportError, PayloadTooLarge
@@ -72,7 +73,7 @@ class InferRoute:
             status, headers, payload = await self._answer(name, version, scope, receive)
         except ModelportError as exc:
             status, headers, payload = http_status(exc.kind), _JSON, _error(exc.message)
-        except _Disconnected:
+        except ClientDisconnect:
             return
         except Exception as exc:
             log.error("unexpected error on POST %s", scope["path"], exc_info=exc)
@@ -88,7 +89,7 @@ class InferRoute:
         assert entry.guard is not None
         fields = dict(scope["headers"])  # ASGI servers lowercase header names
         try:
-            body = await _read_body(receive, fields.get(b"content-length"), self._limit)
+            body = await read_body(receive, fields.get(b"content-length"), self._limit)
             body = decode_body(body, _text(fields, b"content-encoding"), self._limit)
             header_length = parse_header_length(
                 _text(fields, b"inference-header-content-length"), len(body)
@@ -124,12 +125,9 @@ class InferRoute:
             return await asyncio.to_thread(function, *args)
 
 
-class _Disconnected(Exception):
-    """The client went away before its body arrived: there is nobody to answer."""
-
-
-async def _read_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
-    """The request body, refusing (413) anything over `limit` bytes without buffering it all."""
+async def read_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
+    """A request body from ASGI `receive`, refusing (413) anything over `limit` bytes without
+    buffering it all; `declared` is the Content-Length header, if any."""
     if declared is not None:
         try:
             length = int(declared)
@@ -142,7 +140,7 @@ async def _read_body(receive: Receive, declared: bytes | None, limit: int) -> by
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise _Disconnected
+            raise ClientDisconnect
         chunk = message.get("body", b"")
         received += len(chunk)
         if received > limit:

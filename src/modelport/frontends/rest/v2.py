@@ -9,9 +9,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from modelport.core.errors import ErrorKind, InvalidInput, ModelportError, PayloadTooLarge
+from modelport.core.errors import ErrorKind, InvalidInput, ModelportError
 from modelport.core.server import InferenceServer
 from modelport.frontends import model_control, triton_config
+from modelport.frontends.rest.infer_route import read_body as read_asgi_body
 from modelport.frontends.rest.request_json import parse_json_object
 
 JSON = "application/json"
@@ -29,21 +30,9 @@ def error_response(message: str, status: int) -> Response:
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing (413) anything over `limit` bytes without buffering it all."""
     declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            length = int(declared)
-        except ValueError:
-            raise InvalidInput(f"Content-Length {declared!r} is not an integer") from None
-        if length > limit:
-            raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit}")
-    chunks = []
-    received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_asgi_body(
+        request.receive, None if declared is None else declared.encode(), limit
+    )
 
 
 class V2Endpoints:
