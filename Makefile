@@ -51,7 +51,7 @@ bench: $(VENV)/.installed-dev
 # modelport next to the peers (needs: bash ../shared/bench/setup.sh torch perf fastapi mlserver pytriton)
 bench-peers: $(VENV)/.installed-dev
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
-	bash benchmarks/run_peers.sh $${TAG:-run} $${DURATION:-5}
+	bash benchmarks/run_peers.sh $${TAG:-run} $${DURATION:-5} $${REPEATS:-1}
 
 # one server process against two (--workers 2); needs: bash ../shared/bench/setup.sh torch perf
 bench-workers: $(VENV)/.installed-dev

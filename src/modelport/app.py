@@ -45,8 +45,8 @@ def build(settings: ServerSettings, grpc_socket: socket.socket | None = None) ->
         max_request_bytes=settings.max_request_bytes,
         max_tensor_elements=settings.max_tensor_elements,
     )
-    load_first = settings.workers > 1
-    metrics = Metrics(multiprocess=settings.workers > 1)
+    one_of_several = settings.workers > 1  # serving.py runs this in each of N worker processes
+    metrics = Metrics(multiprocess=one_of_several)
     repository = LocalRepository(settings.repository)
     manager = ModelManager(repository, RuntimeRegistry(), metrics, limits)
     server = InferenceServer(
@@ -78,12 +78,12 @@ def build(settings: ServerSettings, grpc_socket: socket.socket | None = None) ->
             max_message_bytes=settings.max_request_bytes,
             sock=grpc_socket,
         )
-        if load_first:
+        if one_of_several:
             await _load(server, poller)
         await grpc_server.start()
         log.info("v2 gRPC on %s:%d", settings.host, settings.grpc_port)
         loading = asyncio.create_task(
-            _follow(server, poller, loaded=load_first), name="modelport-start"
+            _follow(server, poller, loaded=one_of_several), name="modelport-start"
         )
         loading.add_done_callback(_report_loaded)
         try:

@@ -272,3 +272,33 @@ def test_slow_models_get_one_batch_queued_ahead_of_a_free_instance(
         await batcher.close()
 
     asyncio.run(main())
+
+
+def test_runs_shorter_than_a_thread_handoff_run_on_the_event_loop() -> None:
+    """A host runs a fast model on the loop's own thread once it has seen its runs are short;
+    slow models, and models with several copies, always run on instance threads."""
+
+    def thread_names(model_delay: float, copies: int) -> list[str]:
+        seen: list[str] = []
+
+        def infer(inputs: dict[str, np.ndarray], outputs: Any) -> dict[str, np.ndarray]:
+            seen.append(threading.current_thread().name)
+            time.sleep(model_delay)  # makes a model slow; nothing here asserts on time
+            return {"y": inputs["x"]}
+
+        host = ThreadHost([FunctionModel(infer) for _ in range(copies)], copies, "test")
+
+        async def main() -> None:
+            for _ in range(20):
+                await host.run(rows(0, 1), None)
+
+        asyncio.run(main())
+        host.close()
+        return seen
+
+    loop_thread = threading.current_thread().name  # asyncio.run runs the loop on this thread
+    fast = thread_names(0.0, copies=1)
+    assert fast[0] != loop_thread  # not measured yet: an instance thread
+    assert fast[-10:] == [loop_thread] * 10
+    assert loop_thread not in thread_names(0.002, copies=1)
+    assert loop_thread not in thread_names(0.0, copies=2)  # borrowing a copy could block

@@ -33,6 +33,12 @@ Outputs = tuple[str, ...] | None
 Infer = Callable[[Arrays, Outputs], Arrays]
 
 PARENT_CHECK_SECS = 1.0
+INLINE_MAX_NS = 150_000
+"""Runs shorter than this (moving average) cost less than the two thread wake-ups around them,
+so they run on the event loop: mlp at c=1, p50 620-710 -> 400-470 us; at c=32 +5-50 % (session
+5, docs/architecture.md departure 17). A long run moves the average, and the next runs go back
+to the instance threads."""
+RUN_TIME_SMOOTHING = 0.2
 WARM_TIMEOUT_SECS = 300.0
 WARM_TASK_SECS = 0.05
 
@@ -82,7 +88,11 @@ def _timed(infer: Infer, inputs: Arrays, outputs: Outputs) -> tuple[Arrays, int]
 
 class ThreadHost:
     """Instances as threads of this process. A runtime that is not thread-safe gets one copy of
-    the model per instance, and each batch borrows a free copy."""
+    the model per instance, and each batch borrows a free copy.
+
+    A model whose runs are shorter than INLINE_MAX_NS (moving average) runs on the event loop
+    itself: handing it to an instance thread and back costs more than the run. Only a single,
+    thread-safe copy does (borrowing a copy could block the loop)."""
 
     kind = "thread"
 
@@ -95,13 +105,20 @@ class ThreadHost:
             for model in models:
                 self._free.put(model)
         self._infer = models[0].infer if self._free is None else self._borrowed
+        self._may_inline = self._free is None
+        self._run_ns = float(INLINE_MAX_NS)  # on the threads until runs have been measured
 
     def signature(self) -> Signature:
         return self._models[0].signature()
 
     async def run(self, inputs: Arrays, outputs: Outputs) -> tuple[Arrays, int]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, _timed, self._infer, inputs, outputs)
+        if self._may_inline and self._run_ns < INLINE_MAX_NS:
+            result = _timed(self._infer, inputs, outputs)
+        else:
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(self._pool, _timed, self._infer, inputs, outputs)
+        self._run_ns += (result[1] - self._run_ns) * RUN_TIME_SMOOTHING
+        return result
 
     def _borrowed(self, inputs: Arrays, outputs: Outputs) -> Arrays:
         assert self._free is not None

@@ -26,8 +26,9 @@ from google.protobuf.message_factory import GetMessageClass
 
 from modelport.core.errors import ModelportError
 from modelport.frontends.compression import decode_body
-from modelport.frontends.grpc.http2.connection import Connection, Headers
+from modelport.frontends.grpc.http2.connection import Connection
 from modelport.frontends.grpc.http2.frames import STATUS_200, hpack_literal, hpack_status
+from modelport.frontends.grpc.http2.headers import Headers
 from modelport.frontends.status import grpc_code_name
 
 log = logging.getLogger("modelport.grpc")

@@ -1,22 +1,19 @@
-"""One HTTP/2 connection as an asyncio protocol: frames, HPACK, flow control, stream lifecycle.
+"""One HTTP/2 connection as an asyncio protocol: frames in, stream lifecycle, receive windows.
 
 It knows nothing of gRPC: for each new stream it calls the `StreamOpener` it was given with the
 request headers and feeds the returned `StreamEvents` the stream's body, its end, or its reset.
-The other direction is `send_headers` / `send_data` / `send_trailers`, which respect the peer's
-flow-control windows and frame size. Writes made during one pass of the event loop go out in one
-`transport.write`. Why this exists instead of grpcio: docs/architecture.md, "gRPC".
+The other direction is `send_headers` / `send_data` / `send_trailers` / `respond`, sent within
+the peer's windows by `sender.Sender`. Writes made during one pass of the event loop go out in
+one `transport.write`. Why this exists instead of grpcio: docs/architecture.md, "gRPC".
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, cast
-
-import hpack
+from typing import cast
 
 from modelport.frontends.grpc.http2 import frames as f
 from modelport.frontends.grpc.http2.frames import (
@@ -27,35 +24,18 @@ from modelport.frontends.grpc.http2.frames import (
     Setting,
     StreamFailure,
 )
+from modelport.frontends.grpc.http2.headers import HeaderDecoder, Headers
+from modelport.frontends.grpc.http2.sender import Sender
+from modelport.frontends.grpc.http2.stream import Stream, StreamEvents
 
 log = logging.getLogger("modelport.grpc.http2")
 
-Headers = list[tuple[bytes, bytes]]
-# Header blocks made only of one-byte indexed fields (0x81-0xFE) change no HPACK state, so the
-# same bytes decode to the same headers until the dynamic table changes: worth caching.
-_INDEXED_ONLY = bytes(range(0x81, 0xFF))
-_HEADER_CACHE_SIZE = 256
+StreamOpener = Callable[["Connection", int, Headers], StreamEvents]
 _HTTP1_BODY = b"This port serves gRPC: HTTP/2 with prior knowledge, not HTTP/1.1.\n"
 _HTTP1_REPLY = (
     b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
     b"Content-Length: %d\r\n\r\n%s" % (len(_HTTP1_BODY), _HTTP1_BODY)
 )
-
-
-class StreamEvents(Protocol):
-    """What happens to a stream after its request headers; the gRPC layer implements it."""
-
-    def data(self, chunk: memoryview) -> None:
-        """Body bytes (padding removed). `chunk` is only valid during the call: copy it."""
-
-    def end(self) -> None:
-        """The peer finished sending (END_STREAM)."""
-
-    def reset(self) -> None:
-        """The stream was reset by the peer, by a protocol error, or by the connection closing."""
-
-
-StreamOpener = Callable[["Connection", int, Headers], StreamEvents]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,29 +47,6 @@ class Http2Limits:
     max_header_list_size: int = 16 << 10
     max_header_block: int = 64 << 10
     preface_timeout: float = 10.0
-
-
-class _Stream:
-    __slots__ = (
-        "events",
-        "outbound",
-        "recv_unacked",
-        "recv_window",
-        "remote_closed",
-        "send_window",
-        "stream_id",
-        "trailers",
-    )
-
-    def __init__(self, stream_id: int, recv_window: int, send_window: int) -> None:
-        self.stream_id = stream_id
-        self.events: StreamEvents | None = None
-        self.recv_window = recv_window
-        self.recv_unacked = 0
-        self.send_window = send_window
-        self.remote_closed = False
-        self.outbound: deque[tuple[memoryview, bool]] = deque()  # (data, ends the stream)
-        self.trailers: bytes | None = None
 
 
 class Connection(asyncio.Protocol):
@@ -107,17 +64,13 @@ class Connection(asyncio.Protocol):
         self._needed = len(f.PREFACE)  # bytes the buffer must hold before parsing can progress
         self._preface_seen = False
         self._settings_seen = False
-        self._decoder = hpack.Decoder(max_header_list_size=limits.max_header_list_size)
-        self._header_cache: dict[bytes, Headers] = {}
+        self._headers = HeaderDecoder(limits.max_header_list_size, limits.max_header_block)
         self._continuation: tuple[int, int, bytearray] | None = None
-        self._streams: dict[int, _Stream] = {}
+        self._streams: dict[int, Stream] = {}
         self._last_stream_id = 0
         self._recv_window = limits.connection_window
         self._recv_unacked = 0
-        self._send_window = f.DEFAULT_WINDOW
-        self._peer_window = f.DEFAULT_WINDOW
-        self._peer_frame_size = f.DEFAULT_FRAME_SIZE
-        self._blocked: dict[int, None] = {}  # streams waiting for send window, in order
+        self._sender = Sender(self._write, self._local_end)
         self._writes: list[bytes] = []
         self._flush_scheduled = False
         self._receiving = False
@@ -195,35 +148,26 @@ class Connection(asyncio.Protocol):
 
     def send_headers(self, stream_id: int, block: bytes, end_stream: bool = False) -> None:
         stream = self._streams.get(stream_id)
-        if stream is None:
-            return
-        self._write_header_block(stream_id, block, end_stream)
-        if end_stream:
-            self._local_end(stream)
+        if stream is not None:
+            self._sender.headers(stream, block, end_stream)
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         stream = self._streams.get(stream_id)
-        if stream is None:
-            return
-        stream.outbound.append((memoryview(data), end_stream))
-        self._pump(stream)
+        if stream is not None:
+            self._sender.data(stream, data, end_stream)
 
     def send_trailers(self, stream_id: int, block: bytes) -> None:
         """Trailers end the stream, after any data still waiting for flow-control window."""
         stream = self._streams.get(stream_id)
-        if stream is None:
-            return
-        stream.trailers = block
-        self._pump(stream)
+        if stream is not None:
+            self._sender.trailers(stream, block)
 
     def respond(self, stream_id: int, headers: bytes, body: bytes, trailers: bytes) -> None:
         stream = self._streams.get(stream_id)
-        if stream is None:
-            return
-        self._write_header_block(stream_id, headers, False)
-        stream.outbound.append((memoryview(body), False))
-        stream.trailers = trailers
-        self._pump(stream)
+        if stream is not None:
+            self._sender.headers(stream, headers)
+            stream.trailers = trailers
+            self._sender.data(stream, body)
 
     def consumed(self, stream_id: int, size: int) -> None:
         """The application took `size` bytes of the stream's body: the peer may send more."""
@@ -237,10 +181,9 @@ class Connection(asyncio.Protocol):
             stream.recv_unacked = 0
 
     def reset_stream(self, stream_id: int, code: ErrorCode) -> None:
-        stream = self._streams.pop(stream_id, None)
-        if stream is None:
+        if self._streams.pop(stream_id, None) is None:
             return
-        self._blocked.pop(stream_id, None)
+        self._sender.forget(stream_id)
         self._write(f.rst_stream(stream_id, code))
 
     @property
@@ -371,24 +314,20 @@ class Connection(asyncio.Protocol):
             self._headers_complete(stream_id, flags, bytes(block))
         else:
             self._continuation = (stream_id, flags, bytearray(block))
-            self._check_block_size(len(block))
+            self._headers.check_size(len(block))
 
     def _on_continuation(self, flags: int, stream_id: int, payload: memoryview) -> None:
         if self._continuation is None or self._continuation[0] != stream_id:
             raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "unexpected CONTINUATION")
         _, first_flags, block = self._continuation
         block += payload
-        self._check_block_size(len(block))
+        self._headers.check_size(len(block))
         if flags & Flag.END_HEADERS:
             self._continuation = None
             self._headers_complete(stream_id, first_flags, bytes(block))
 
-    def _check_block_size(self, size: int) -> None:
-        if size > self._limits.max_header_block:
-            raise ConnectionFailure(ErrorCode.ENHANCE_YOUR_CALM, "header block too large")
-
     def _headers_complete(self, stream_id: int, flags: int, block: bytes) -> None:
-        headers = self._decode(block)  # always, so the HPACK state stays in step with the peer
+        headers = self._headers.decode(block)  # always: the HPACK state must follow the peer
         stream = self._streams.get(stream_id)
         if stream is not None:  # trailers: gRPC clients send none, but they are legal
             if stream.remote_closed:
@@ -409,28 +348,12 @@ class Connection(asyncio.Protocol):
         if len(self._streams) >= self._limits.max_concurrent_streams:
             self._write(f.rst_stream(stream_id, ErrorCode.REFUSED_STREAM))
             return
-        stream = _Stream(stream_id, self._limits.stream_window, self._peer_window)
+        stream = Stream(stream_id, self._limits.stream_window, self._sender.initial_window)
         stream.remote_closed = bool(flags & Flag.END_STREAM)
         self._streams[stream_id] = stream
         stream.events = self._opener(self, stream_id, headers)
         if stream.remote_closed and stream_id in self._streams:
             stream.events.end()
-
-    def _decode(self, block: bytes) -> Headers:
-        cached = self._header_cache.get(block)
-        if cached is not None:
-            return cached
-        try:
-            headers: Headers = self._decoder.decode(block, raw=True)
-        except hpack.HPACKError as exc:
-            raise ConnectionFailure(ErrorCode.COMPRESSION_ERROR, f"bad headers: {exc}") from None
-        if block.translate(None, _INDEXED_ONLY):
-            self._header_cache.clear()  # a literal may have changed the dynamic table
-        else:
-            if len(self._header_cache) >= _HEADER_CACHE_SIZE:
-                self._header_cache.clear()
-            self._header_cache[block] = headers
-        return headers
 
     def _on_window_update(self, stream_id: int, payload: memoryview) -> None:
         if len(payload) != 4:
@@ -439,10 +362,7 @@ class Connection(asyncio.Protocol):
         if stream_id == 0:
             if increment == 0:
                 raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
-            self._send_window += increment
-            if self._send_window > f.MAX_WINDOW:
-                raise ConnectionFailure(ErrorCode.FLOW_CONTROL_ERROR, "window over 2^31-1")
-            self._pump_blocked()
+            self._sender.grow(increment)
             return
         stream = self._streams.get(stream_id)
         if stream is None:
@@ -451,10 +371,7 @@ class Connection(asyncio.Protocol):
             return
         if increment == 0:
             raise StreamFailure(stream_id, ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
-        stream.send_window += increment
-        if stream.send_window > f.MAX_WINDOW:
-            raise StreamFailure(stream_id, ErrorCode.FLOW_CONTROL_ERROR, "window over 2^31-1")
-        self._pump(stream)
+        self._sender.grow(increment, stream)
 
     def _on_settings(self, flags: int, stream_id: int, payload: memoryview) -> None:
         if stream_id != 0:
@@ -463,21 +380,16 @@ class Connection(asyncio.Protocol):
             if payload:
                 raise ConnectionFailure(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS ACK with payload")
             return
+        window = frame_size = None
         for key, value in f.parse_settings(bytes(payload)):
             if key == Setting.INITIAL_WINDOW_SIZE:
-                if value > f.MAX_WINDOW:
-                    raise ConnectionFailure(ErrorCode.FLOW_CONTROL_ERROR, "window over 2^31-1")
-                delta, self._peer_window = value - self._peer_window, value
-                for stream in self._streams.values():
-                    stream.send_window += delta
+                window = value
             elif key == Setting.MAX_FRAME_SIZE:
-                if not f.DEFAULT_FRAME_SIZE <= value <= f.MAX_FRAME_SIZE_LIMIT:
-                    raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "bad MAX_FRAME_SIZE")
-                self._peer_frame_size = value
+                frame_size = value
             elif key == Setting.ENABLE_PUSH and value > 1:
                 raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "bad ENABLE_PUSH")
         self._write(f.frame(FrameType.SETTINGS, Flag.ACK, 0))
-        self._pump_blocked()
+        self._sender.peer_settings(list(self._streams.values()), window, frame_size)
 
     def _on_ping(self, flags: int, stream_id: int, payload: memoryview) -> None:
         if stream_id != 0:
@@ -496,7 +408,7 @@ class Connection(asyncio.Protocol):
             raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "RST_STREAM on an idle stream")
         stream = self._streams.pop(stream_id, None)
         if stream is not None:
-            self._blocked.pop(stream_id, None)
+            self._sender.forget(stream_id)
             if stream.events is not None:
                 stream.events.reset()
             self._close_if_done()
@@ -509,68 +421,17 @@ class Connection(asyncio.Protocol):
 
     # -- sending -----------------------------------------------------------------------------------
 
-    def _write_header_block(self, stream_id: int, block: bytes, end_stream: bool) -> None:
-        size = self._peer_frame_size
-        flags = Flag.END_STREAM if end_stream else 0
-        if len(block) <= size:
-            self._write(f.frame(FrameType.HEADERS, flags | Flag.END_HEADERS, stream_id, block))
-            return
-        pieces = [block[i : i + size] for i in range(0, len(block), size)]
-        self._write(f.frame(FrameType.HEADERS, flags, stream_id, pieces[0]))
-        for index, piece in enumerate(pieces[1:], start=2):
-            last = Flag.END_HEADERS if index == len(pieces) else 0
-            self._write(f.frame(FrameType.CONTINUATION, last, stream_id, piece))
-
-    def _pump(self, stream: _Stream) -> None:
-        """Send what the windows allow of the stream's data, then its trailers."""
-        outbound = stream.outbound
-        while outbound:
-            data, ends = outbound[0]
-            room = min(self._send_window, stream.send_window, self._peer_frame_size)
-            if room <= 0 and data:
-                self._blocked[stream.stream_id] = None
-                return
-            piece, rest = data[:room], data[room:]  # views: sending a large answer copies once
-            last = not rest and ends and len(outbound) == 1 and stream.trailers is None
-            self._write(
-                f.frame(FrameType.DATA, Flag.END_STREAM if last else 0, stream.stream_id, piece)
-            )
-            self._send_window -= len(piece)
-            stream.send_window -= len(piece)
-            if rest:
-                outbound[0] = (rest, ends)
-            else:
-                outbound.popleft()
-            if last:
-                self._local_end(stream)
-                return
-        self._blocked.pop(stream.stream_id, None)
-        if stream.trailers is not None:
-            block, stream.trailers = stream.trailers, None
-            self._write_header_block(stream.stream_id, block, True)
-            self._local_end(stream)
-
-    def _pump_blocked(self) -> None:
-        for stream_id in list(self._blocked):
-            if self._send_window <= 0:
-                return
-            stream = self._streams.get(stream_id)
-            if stream is None:
-                self._blocked.pop(stream_id, None)
-            else:
-                self._pump(stream)
-
-    def _local_end(self, stream: _Stream) -> None:
+    def _local_end(self, stream: Stream) -> None:
         """We sent END_STREAM. A peer still sending is told to stop (RST_STREAM NO_ERROR)."""
         self._streams.pop(stream.stream_id, None)
-        self._blocked.pop(stream.stream_id, None)
+        self._sender.forget(stream.stream_id)
         if not stream.remote_closed:
             self._write(f.rst_stream(stream.stream_id, ErrorCode.NO_ERROR))
         self._close_if_done()
 
     def _stream_failed(self, stream_id: int, code: ErrorCode) -> None:
         stream = self._streams.pop(stream_id, None)
-        self._blocked.pop(stream_id, None)
+        self._sender.forget(stream_id)
         self._write(f.rst_stream(stream_id, code))
         if stream is not None and stream.events is not None:
             stream.events.reset()

@@ -1,0 +1,118 @@
+"""What we send on a connection, within the peer's flow-control windows and frame size.
+
+Data waits per stream until both the stream's and the connection's send windows allow it;
+trailers always go after the stream's last data. Frames are handed to `write`, which the
+connection batches into one transport write per pass of the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from modelport.frontends.grpc.http2 import frames as f
+from modelport.frontends.grpc.http2.frames import (
+    ConnectionFailure,
+    ErrorCode,
+    Flag,
+    FrameType,
+    StreamFailure,
+)
+from modelport.frontends.grpc.http2.stream import Stream
+
+
+class Sender:
+    def __init__(self, write: Callable[[bytes], None], ended: Callable[[Stream], None]) -> None:
+        self._write = write
+        self._ended = ended  # called once a stream's END_STREAM is written
+        self.window = f.DEFAULT_WINDOW  # the connection's send window
+        self.initial_window = f.DEFAULT_WINDOW  # the peer's SETTINGS_INITIAL_WINDOW_SIZE
+        self.frame_size = f.DEFAULT_FRAME_SIZE  # the peer's SETTINGS_MAX_FRAME_SIZE
+        self._blocked: dict[int, Stream] = {}  # streams waiting for window, in order
+
+    def headers(self, stream: Stream, block: bytes, end_stream: bool = False) -> None:
+        self._header_block(stream.stream_id, block, end_stream)
+        if end_stream:
+            self._ended(stream)
+
+    def data(self, stream: Stream, data: bytes, end_stream: bool = False) -> None:
+        stream.outbound.append((memoryview(data), end_stream))
+        self.pump(stream)
+
+    def trailers(self, stream: Stream, block: bytes) -> None:
+        stream.trailers = block
+        self.pump(stream)
+
+    def forget(self, stream_id: int) -> None:
+        self._blocked.pop(stream_id, None)
+
+    def grow(self, increment: int, stream: Stream | None = None) -> None:
+        """WINDOW_UPDATE from the peer, for the connection (stream None) or one stream."""
+        if stream is None:
+            self.window += increment
+            if self.window > f.MAX_WINDOW:
+                raise ConnectionFailure(ErrorCode.FLOW_CONTROL_ERROR, "window over 2^31-1")
+            self.pump_blocked()
+            return
+        stream.send_window += increment
+        if stream.send_window > f.MAX_WINDOW:
+            code = ErrorCode.FLOW_CONTROL_ERROR
+            raise StreamFailure(stream.stream_id, code, "window over 2^31-1")
+        self.pump(stream)
+
+    def peer_settings(self, streams: list[Stream], window: int | None, frame: int | None) -> None:
+        if window is not None:
+            if window > f.MAX_WINDOW:
+                raise ConnectionFailure(ErrorCode.FLOW_CONTROL_ERROR, "window over 2^31-1")
+            delta, self.initial_window = window - self.initial_window, window
+            for stream in streams:  # RFC 9113 6.9.2: open streams' windows move by the change
+                stream.send_window += delta
+        if frame is not None:
+            if not f.DEFAULT_FRAME_SIZE <= frame <= f.MAX_FRAME_SIZE_LIMIT:
+                raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "bad MAX_FRAME_SIZE")
+            self.frame_size = frame
+        self.pump_blocked()
+
+    def pump(self, stream: Stream) -> None:
+        """Send what the windows allow of the stream's data, then its trailers."""
+        outbound = stream.outbound
+        while outbound:
+            data, ends = outbound[0]
+            room = min(self.window, stream.send_window, self.frame_size)
+            if room <= 0 and data:
+                self._blocked[stream.stream_id] = stream
+                return
+            piece, rest = data[:room], data[room:]  # views: a large answer is copied once
+            last = not rest and ends and len(outbound) == 1 and stream.trailers is None
+            flags = Flag.END_STREAM if last else 0
+            self._write(f.frame(FrameType.DATA, flags, stream.stream_id, piece))
+            self.window -= len(piece)
+            stream.send_window -= len(piece)
+            if rest:
+                outbound[0] = (rest, ends)
+            else:
+                outbound.popleft()
+            if last:
+                self._ended(stream)
+                return
+        self._blocked.pop(stream.stream_id, None)
+        if stream.trailers is not None:
+            block, stream.trailers = stream.trailers, None
+            self.headers(stream, block, end_stream=True)
+
+    def pump_blocked(self) -> None:
+        for stream in list(self._blocked.values()):
+            if self.window <= 0:
+                return
+            self.pump(stream)
+
+    def _header_block(self, stream_id: int, block: bytes, end_stream: bool) -> None:
+        size = self.frame_size
+        flags = Flag.END_STREAM if end_stream else 0
+        if len(block) <= size:
+            self._write(f.frame(FrameType.HEADERS, flags | Flag.END_HEADERS, stream_id, block))
+            return
+        pieces = [block[i : i + size] for i in range(0, len(block), size)]
+        self._write(f.frame(FrameType.HEADERS, flags, stream_id, pieces[0]))
+        for index, piece in enumerate(pieces[1:], start=2):
+            last = Flag.END_HEADERS if index == len(pieces) else 0
+            self._write(f.frame(FrameType.CONTINUATION, last, stream_id, piece))
