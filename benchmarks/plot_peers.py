@@ -1,5 +1,5 @@
 """Throughput and p99 latency against concurrency, modelport next to the peers, from the shared
-bench's results (one tag = one run).
+bench's results (one tag = one run; repeats drawn as their median with the range as error bars).
 
     python benchmarks/plot_peers.py --tag TAG --out benchmarks/results/peers-TAG.png
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 from collections import defaultdict
 from pathlib import Path
 
@@ -42,12 +43,19 @@ def plot(rows: list[dict[str, object]], out: Path, title: str) -> None:
                 key = f"{row['server']} ({row['loader']})"
                 series[key].append((int(row["conc"]), float(row["rps"]), float(row["p99_ms"])))
         for key in sorted(series):
-            points = sorted(series[key])
             style = "-o" if key.startswith("modelport") else "--x"
             width = 2.2 if key.startswith("modelport") else 1.2
-            concurrency = [p[0] for p in points]
-            axes[line][0].plot(concurrency, [p[1] for p in points], style, lw=width, label=key)
-            axes[line][1].plot(concurrency, [p[2] for p in points], style, lw=width, label=key)
+            for column in (0, 1):  # median of the repeats, their range as error bars
+                by_concurrency: dict[int, list[float]] = defaultdict(list)
+                for concurrency, rps, p99 in series[key]:
+                    by_concurrency[concurrency].append((rps, p99)[column])
+                xs = sorted(by_concurrency)
+                mid = [statistics.median(by_concurrency[x]) for x in xs]
+                low = [m - min(by_concurrency[x]) for m, x in zip(mid, xs, strict=True)]
+                high = [max(by_concurrency[x]) - m for m, x in zip(mid, xs, strict=True)]
+                axes[line][column].errorbar(
+                    xs, mid, yerr=[low, high], fmt=style, lw=width, capsize=3, label=key
+                )
         for column, label in enumerate(("inferences/s", "p99 latency (ms)")):
             axis = axes[line][column]
             axis.set_xscale("log", base=2)
