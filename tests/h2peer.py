@@ -266,6 +266,19 @@ def grpc_statuses(data: bytes) -> dict[int, int]:
     return statuses
 
 
+def request_block(peer: Peer, path: bytes) -> bytes:
+    """A gRPC request's header block, encoded by the peer's HPACK encoder (for hand-made frames)."""
+    return peer.client.encoder.encode(
+        [
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":path", path),
+            (b":authority", b"t"),
+            (b"content-type", b"application/grpc"),
+        ]
+    )
+
+
 def raw_peer(limits: Http2Limits | None = None) -> Peer:
     """A peer whose preface and SETTINGS went out, for hand-made frames after them."""
     peer = Peer(limits)

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
-from tritonclient.utils import InferenceServerException
 
 from modelport.examples import onnx_models
 from tests.support import Server, add_model, run_server
@@ -23,15 +22,10 @@ ROW = 1 << 18  # FP32 elements per row: 1 MiB
 SLOW = "dynamic_batching: {max_batch_size: 8, max_queue_delay: 1500ms}\n"  # waits 1.5 s queued
 
 
-def add_slow_model(repo: Path) -> None:
-    add_model(repo, "slow", onnx_models.add_sub("FP32", 4), config=SLOW)
-
-
 @pytest.fixture(scope="module")
 def transport_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     repo = tmp_path_factory.mktemp("transport")
     add_model(repo, "wide", onnx_models.identity("FP32", ("N", ROW)))
-    add_slow_model(repo)
     with run_server(repo, repo / "server.log") as server:
         yield server
     assert "Traceback" not in server.log_text(), server.log_text()
@@ -104,18 +98,9 @@ def test_http1_and_garbage_on_the_grpc_port_leave_the_server_serving(
     np.testing.assert_array_equal(client.infer("wide", [tensor]).as_numpy("y"), data)
 
 
-def test_a_deadline_shorter_than_the_queue_wait(client: triton.InferenceServerClient) -> None:
-    inputs = [triton.InferInput(name, [1, 4], "FP32") for name in ("INPUT0", "INPUT1")]
-    for tensor in inputs:
-        tensor.set_data_from_numpy(np.ones((1, 4), np.float32))
-    with pytest.raises(InferenceServerException) as caught:
-        client.infer("slow", inputs, client_timeout=0.3)
-    assert "DEADLINE_EXCEEDED" in str(caught.value.status())
-
-
 def test_sigterm_lets_a_call_in_flight_finish(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    add_slow_model(repo)
+    add_model(repo, "slow", onnx_models.add_sub("FP32", 4), config=SLOW)
     with run_server(repo, tmp_path / "server.log") as server:
         client = triton.InferenceServerClient(server.grpc_url)
         inputs = [triton.InferInput(name, [1, 4], "FP32") for name in ("INPUT0", "INPUT1")]

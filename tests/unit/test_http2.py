@@ -26,6 +26,7 @@ from tests.h2peer import (
     raw_frames,
     raw_peer,
     request,
+    request_block,
     run,
     status_of,
 )
@@ -180,15 +181,7 @@ def test_protocol_violations_end_the_connection_with_goaway(frame: bytes, code: 
 def test_flow_control_violation_on_a_stream_resets_only_that_stream() -> None:
     async def scenario() -> None:
         peer = raw_peer(Http2Limits(stream_window=100))
-        block = peer.client.encoder.encode(
-            [
-                (b":method", b"POST"),
-                (b":scheme", b"http"),
-                (b":path", ECHO),
-                (b":authority", b"t"),
-                (b"content-type", b"application/grpc"),
-            ]
-        )
+        block = request_block(peer, ECHO)
         peer.server.data_received(f.frame(f.FrameType.HEADERS, 4, 1, block))
         peer.server.data_received(f.frame(f.FrameType.DATA, 0, 1, b"\0" * 101))
         await asyncio.sleep(0)
@@ -201,15 +194,7 @@ def test_flow_control_violation_on_a_stream_resets_only_that_stream() -> None:
 def test_continuation_frames_and_too_many_streams() -> None:
     async def scenario() -> None:
         peer = raw_peer(Http2Limits(max_concurrent_streams=1))
-        block = peer.client.encoder.encode(
-            [
-                (b":method", b"POST"),
-                (b":scheme", b"http"),
-                (b":path", WAIT),
-                (b":authority", b"t"),
-                (b"content-type", b"application/grpc"),
-            ]
-        )
+        block = request_block(peer, WAIT)
         peer.server.data_received(
             f.frame(f.FrameType.HEADERS, 0, 1, block[:3])
             + f.frame(f.FrameType.CONTINUATION, 0, 1, block[3:6])
