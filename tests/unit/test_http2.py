@@ -215,7 +215,7 @@ def test_an_http1_request_gets_a_plain_answer() -> None:
         transport = FakeTransport()
         connection.connection_made(transport)  # type: ignore[arg-type]
         await asyncio.sleep(0)
-        transport.out.clear()
+        assert transport.out == b""  # our SETTINGS wait for the client's HTTP/2 preface
         connection.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert transport.out.startswith(b"HTTP/1.1 400 Bad Request")
         assert b"serves gRPC" in transport.out

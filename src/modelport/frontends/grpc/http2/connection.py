@@ -82,6 +82,12 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        loop = asyncio.get_running_loop()
+        self._preface_timer = loop.call_later(self._limits.preface_timeout, self._preface_expired)
+
+    def _send_preface(self) -> None:
+        """Our SETTINGS (and connection window), once the client's preface has been seen, so a
+        client that is not speaking HTTP/2 gets a plain answer and no binary frames."""
         limits = self._limits
         self._write(
             f.settings(
@@ -94,8 +100,6 @@ class Connection(asyncio.Protocol):
             )
             + f.window_update(0, limits.connection_window - f.DEFAULT_WINDOW)
         )
-        loop = asyncio.get_running_loop()
-        self._preface_timer = loop.call_later(limits.preface_timeout, self._preface_expired)
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -218,6 +222,7 @@ class Connection(asyncio.Protocol):
             self._preface_seen = True
             if self._preface_timer is not None:
                 self._preface_timer.cancel()
+            self._send_preface()
             pos = len(f.PREFACE)
         view = memoryview(data)
         end = len(data)
