@@ -26,6 +26,7 @@ from modelport.frontends.grpc.http2.connection import Connection, Http2Limits
 from modelport.frontends.grpc.rpc import Dispatcher, Method, frame_message
 
 ECHO, WAIT, FAIL, CHAT = (b"/t.S/Echo", b"/t.S/Wait", b"/t.S/Fail", b"/t.S/Chat")
+TICK, BAD = (b"/t.S/Tick", b"/t.S/Bad")
 
 
 class FakeTransport:
@@ -61,6 +62,7 @@ class Service:
         self.cancelled = 0
         self.seen: list[Any] = []
         self.chat_started = asyncio.Event()
+        self.chatted = 0  # requests the chat handler has taken
 
     async def echo(self, request: BytesValue, call: Any) -> BytesValue:
         self.seen.append(call.time_remaining())
@@ -83,7 +85,18 @@ class Service:
         self.chat_started.set()
         await self.release.wait()
         async for request in requests:
+            self.chatted += 1
             yield BytesValue(value=request.value.upper())
+
+    async def tick(
+        self, requests: AsyncIterator[BytesValue], call: Any
+    ) -> AsyncIterator[BytesValue]:
+        """One reply at once, then nothing until released."""
+        yield BytesValue(value=b"tick:")
+        await self.release.wait()
+
+    async def bad(self, request: BytesValue, call: Any) -> Any:
+        return "not a message"  # a handler bug: the call must still end
 
     def methods(self) -> dict[bytes, Method]:
         request = BytesValue
@@ -92,6 +105,8 @@ class Service:
             WAIT: Method(request, False, self.wait),
             FAIL: Method(request, False, self.fail),
             CHAT: Method(request, True, self.chat),
+            TICK: Method(request, True, self.tick),
+            BAD: Method(request, False, self.bad),
         }
 
 
@@ -107,9 +122,10 @@ class Peer:
         limits: Http2Limits | None = None,
         max_message: int = 1 << 20,
         client_settings: dict[int, int] | None = None,
+        max_connection_bytes: int | None = None,
     ) -> None:
         self.service = Service()
-        self.dispatcher = Dispatcher(self.service.methods(), max_message)
+        self.dispatcher = Dispatcher(self.service.methods(), max_message, max_connection_bytes)
         self.server = Connection(self.dispatcher, limits or Http2Limits())
         self.transport = FakeTransport()
         self.server.connection_made(self.transport)  # type: ignore[arg-type]

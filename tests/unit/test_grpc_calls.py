@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+from urllib.parse import unquote
 
 import h2.errors
 import h2.events
+import h2.settings
 import hpack
 import pytest
 from google.protobuf.wrappers_pb2 import BytesValue
@@ -16,9 +18,11 @@ from modelport.frontends.grpc.http2 import frames as f
 from modelport.frontends.grpc.http2.connection import Http2Limits
 from modelport.frontends.grpc.rpc import RpcError, Status, parse_timeout, status_block
 from tests.h2peer import (
+    BAD,
     CHAT,
     ECHO,
     FAIL,
+    TICK,
     WAIT,
     Peer,
     ident,
@@ -228,3 +232,103 @@ def test_status_block_and_hpack_literals_decode_with_an_independent_decoder() ->
     assert headers[b"grpc-status"] == b"5"
     assert headers[b"grpc-message"] == b"x" * 300  # a length over 127 needs a multi-byte int
     assert hpack.Decoder().decode(f.hpack_status(415), raw=True) == [(b":status", b"415")]
+
+
+def test_an_error_after_the_response_headers_comes_as_trailers() -> None:
+    """A deadline that fires after a stream's first reply ends it with trailers (no :status),
+    which h2 would refuse otherwise."""
+
+    async def scenario() -> None:
+        peer = Peer()
+        stream = peer.call(TICK, request("t"), end=False, extra=((b"grpc-timeout", b"50m"),))
+        await peer.pump()
+        assert [ident(m) for m in messages(peer.reply(stream)["body"])] == ["tick"]
+        await asyncio.sleep(0.1)
+        await peer.pump()
+        reply = peer.reply(stream)
+        assert reply["trailers"] is not None and b":status" not in reply["trailers"]
+        assert status_of(reply) == (Status.DEADLINE_EXCEEDED, "Deadline Exceeded")
+
+    run(scenario)
+
+
+def test_a_stream_handler_waits_while_the_client_keeps_its_window_closed() -> None:
+    async def scenario() -> None:
+        peer = Peer(client_settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+        peer.service.release.set()
+        body = b"".join(request(f"m{i}", b"p" * 10_000) for i in range(200))  # 2 MB
+        stream = peer.call(CHAT, body)
+        await peer.pump(rounds=200)
+        # ~26 replies of 10 KB fill the 256 KiB send buffer; then the handler is held, stops
+        # taking requests, and the client's window on its side closes in turn
+        assert peer.service.chatted < 60
+        assert stream in peer.pending
+        peer.client.increment_flow_control_window(1 << 30, stream_id=stream)
+        peer.client.increment_flow_control_window(1 << 30)
+        for _ in range(40):
+            await peer.pump()
+        reply = peer.reply(stream)
+        assert len(messages(reply["body"])) == 200 and status_of(reply) == (0, "")
+
+    run(scenario)
+
+
+def test_a_handler_that_returns_no_message_still_ends_its_call() -> None:
+    async def scenario() -> None:
+        peer = Peer()
+        stream = peer.call(BAD, request("b"))
+        await peer.pump()
+        assert status_of(peer.reply(stream)) == (Status.INTERNAL, "internal error: AttributeError")
+        assert peer.server.active_streams == 0
+
+    run(scenario)
+
+
+def test_unfinished_requests_on_one_connection_are_bounded() -> None:
+    async def scenario() -> None:
+        peer = Peer(max_message=8_000, max_connection_bytes=10_000)
+        half = b"\x00" + (7_000).to_bytes(4, "big") + b"x" * 5_000  # a message still arriving
+        first = peer.call(ECHO, half, end=False)
+        second = peer.call(ECHO, half, end=False)
+        await peer.pump()
+        assert peer.reply(first)["headers"] is None  # still waiting for the rest
+        code, message = status_of(peer.reply(second))
+        assert code == Status.RESOURCE_EXHAUSTED and "more than 10000 bytes" in message
+        peer.client.reset_stream(first)
+        await peer.pump()
+        assert peer.server.buffered == 0
+        done = peer.call(ECHO, request("after"))
+        await peer.pump()
+        assert status_of(peer.reply(done)) == (0, "")
+
+    run(scenario)
+
+
+def test_content_types_and_compressed_flags() -> None:
+    async def scenario() -> None:
+        peer = Peer()
+        fine = peer.call(ECHO, request("a"), extra=((b"content-type", b"application/grpc+proto"),))
+        stream_id = peer.client.get_next_available_stream_id()
+        peer.client.send_headers(
+            stream_id,
+            [(b":method", b"POST"), (b":scheme", b"http"), (b":path", ECHO),
+             (b":authority", b"t"), (b"content-type", b"application/grpcx")],
+            end_stream=True,
+        )  # fmt: skip
+        flagged = peer.call(ECHO, b"\x02" + request("c")[1:])
+        await peer.pump()
+        assert status_of(peer.reply(fine)) == (0, "")
+        assert peer.reply(stream_id)["headers"][b":status"] == b"415"
+        assert status_of(peer.reply(flagged)) == (
+            Status.INTERNAL,
+            "invalid compressed flag 2 on a message",
+        )
+
+    run(scenario)
+
+
+def test_long_status_messages_are_cut_to_what_clients_accept() -> None:
+    block = status_block(Status.INTERNAL, "é" * 5000, headers=False)
+    message = dict(hpack.Decoder().decode(block, raw=True))[b"grpc-message"]
+    assert len(message) <= 1024
+    assert set(unquote(message.decode())) == {"é"}  # no escape cut in half

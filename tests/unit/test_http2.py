@@ -146,6 +146,8 @@ def test_header_cache_follows_the_dynamic_table() -> None:
         (f.frame(f.FrameType.CONTINUATION, 4, 1, b"\x82"), f.ErrorCode.PROTOCOL_ERROR),
         (f.frame(f.FrameType.HEADERS, 4, 1, b"\xff\xff\xff"), f.ErrorCode.COMPRESSION_ERROR),
         (f.frame(f.FrameType.RST_STREAM, 0, 9, b"\0\0\0\0"), f.ErrorCode.PROTOCOL_ERROR),
+        (f.frame(f.FrameType.GOAWAY, 0, 0, b"\0\0\0"), f.ErrorCode.FRAME_SIZE_ERROR),
+        (f.frame(f.FrameType.PRIORITY, 0, 9, b"\0"), f.ErrorCode.FRAME_SIZE_ERROR),  # idle
         (b"\x10\x00\x01" + bytes(6), f.ErrorCode.FRAME_SIZE_ERROR),  # 1 MiB + 1 frame
     ],
     ids=[
@@ -162,6 +164,8 @@ def test_header_cache_follows_the_dynamic_table() -> None:
         "stray-continuation",
         "bad-hpack",
         "rst-idle",
+        "goaway-size",
+        "priority-idle",
         "oversized-frame",
     ],
 )
@@ -256,5 +260,107 @@ def test_a_reader_that_stops_reading_pauses_the_connection() -> None:
         assert not peer.transport.reading
         peer.server.resume_writing()
         assert peer.transport.reading
+
+    run(scenario)
+
+
+ACK = f.frame(f.FrameType.SETTINGS, f.Flag.ACK, 0)
+
+
+def test_bad_settings_are_not_acknowledged() -> None:
+    async def scenario() -> None:
+        peer = raw_peer()
+        acks = bytes(peer.transport.out).count(ACK)  # the client's first SETTINGS
+        peer.server.data_received(f.settings({f.Setting.MAX_FRAME_SIZE: 100}))
+        assert bytes(peer.transport.out).count(ACK) == acks
+        assert peer.transport.closed
+
+    run(scenario)
+
+
+def test_a_settings_change_cannot_push_an_open_stream_window_over_the_limit() -> None:
+    async def scenario() -> None:
+        peer = raw_peer()
+        peer.server.data_received(f.frame(f.FrameType.HEADERS, 4, 1, request_block(peer, WAIT)))
+        peer.server.data_received(f.window_update(1, 2**31 - 1 - f.DEFAULT_WINDOW))
+        assert not peer.transport.closed  # exactly at the limit: fine
+        peer.server.data_received(f.settings({f.Setting.INITIAL_WINDOW_SIZE: 70_000}))
+        [goaway] = [p for kind, _, _, p in raw_frames(bytes(peer.transport.out)) if kind == 7]
+        assert struct.unpack(">II", goaway[:8])[1] == f.ErrorCode.FLOW_CONTROL_ERROR
+
+    run(scenario)
+
+
+def test_a_new_stream_id_below_an_earlier_one_ends_the_connection() -> None:
+    async def scenario() -> None:
+        peer = raw_peer()
+        peer.server.data_received(f.frame(f.FrameType.HEADERS, 4, 5, request_block(peer, WAIT)))
+        peer.server.data_received(f.frame(f.FrameType.HEADERS, 4, 3, request_block(peer, WAIT)))
+        [goaway] = [p for kind, _, _, p in raw_frames(bytes(peer.transport.out)) if kind == 7]
+        assert struct.unpack(">II", goaway[:8]) == (5, f.ErrorCode.PROTOCOL_ERROR)
+
+    run(scenario)
+
+
+def test_limits_are_checked_and_a_default_connection_window_needs_no_update() -> None:
+    with pytest.raises(ValueError, match="connection_window"):
+        Http2Limits(connection_window=1000)
+
+    async def scenario() -> None:
+        peer = raw_peer(Http2Limits(connection_window=f.DEFAULT_WINDOW))
+        kinds = [kind for kind, _, _, _ in raw_frames(bytes(peer.transport.out))]
+        assert f.FrameType.WINDOW_UPDATE not in kinds
+
+    run(scenario)
+
+
+def test_floods_of_frames_that_do_no_work_end_the_connection() -> None:
+    async def scenario() -> None:
+        peer = raw_peer(Http2Limits(max_idle_frames=100))
+        ping = f.frame(f.FrameType.PING, 0, 0, b"12345678")
+        peer.server.data_received(ping * 60)
+        stream = 1
+        for _ in range(3):  # completed calls keep resetting the count
+            peer.server.data_received(
+                f.frame(f.FrameType.HEADERS, 4, stream, request_block(peer, ECHO))
+                + f.frame(f.FrameType.DATA, 1, stream, request("x"))
+            )
+            await asyncio.sleep(0)
+            peer.server.data_received(ping * 60)
+            stream += 2
+        assert not peer.transport.closed
+        for _ in range(101):  # rapid reset: open a call, cancel it, again
+            peer.server.data_received(
+                f.frame(f.FrameType.HEADERS, 4, stream, request_block(peer, WAIT))
+                + f.rst_stream(stream, f.ErrorCode.CANCEL)
+            )
+            stream += 2
+        [goaway] = [p for kind, _, _, p in raw_frames(bytes(peer.transport.out)) if kind == 7]
+        assert struct.unpack(">II", goaway[:8])[1] == f.ErrorCode.ENHANCE_YOUR_CALM
+
+    run(scenario)
+
+
+def test_after_our_goaway_the_last_stream_id_stays_put() -> None:
+    async def scenario() -> None:
+        peer = raw_peer()
+        peer.server.data_received(f.frame(f.FrameType.HEADERS, 4, 1, request_block(peer, WAIT)))
+        peer.server.shutdown()
+        peer.server.data_received(f.frame(f.FrameType.HEADERS, 4, 3, request_block(peer, WAIT)))
+        peer.server.data_received(f.frame(f.FrameType.DATA, 0, 0, b"x"))  # a violation
+        goaways = [p for kind, _, _, p in raw_frames(bytes(peer.transport.out)) if kind == 7]
+        assert [struct.unpack(">I", g[:4])[0] for g in goaways] == [1, 1]
+
+    run(scenario)
+
+
+def test_shutdown_before_the_preface_just_closes() -> None:
+    async def scenario() -> None:
+        connection = Connection(Dispatcher({}, 1000), Http2Limits())
+        transport = FakeTransport()
+        connection.connection_made(transport)  # type: ignore[arg-type]
+        connection.shutdown()
+        await asyncio.sleep(0)
+        assert transport.closed and transport.out == b""
 
     run(scenario)

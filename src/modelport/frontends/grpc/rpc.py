@@ -70,7 +70,8 @@ _CONTENT_TYPE = hpack_literal(b"content-type", b"application/grpc")
 RESPONSE_HEADERS = STATUS_200 + _CONTENT_TYPE
 TRAILERS_OK = hpack_literal(b"grpc-status", b"0")
 _MESSAGE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if c != 0x25)
-_MAX_STATUS_MESSAGE = 8 << 10
+_MAX_STATUS_MESSAGE = 1024
+"""Encoded grpc-message bytes at most: gRPC clients refuse headers past 8-16 KiB."""
 _TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 _HOLD_MESSAGES = 32
 _HOLD_BYTES = 4 << 20
@@ -103,7 +104,11 @@ def status_block(status: Status, message: str, *, headers: bool) -> bytes:
     block = RESPONSE_HEADERS if headers else b""
     block += hpack_literal(b"grpc-status", str(int(status)).encode())
     if message:
-        text = quote(message[:_MAX_STATUS_MESSAGE], safe=_MESSAGE_SAFE)
+        message = message[:_MAX_STATUS_MESSAGE]
+        text = quote(message, safe=_MESSAGE_SAFE)
+        while len(text) > _MAX_STATUS_MESSAGE:  # shorten by characters: no escape cut in half
+            message = message[: len(message) * _MAX_STATUS_MESSAGE // len(text) - 1]
+            text = quote(message, safe=_MESSAGE_SAFE)
         block += hpack_literal(b"grpc-message", text.encode("ascii"))
     return block
 
@@ -124,35 +129,51 @@ def parse_timeout(value: bytes) -> float:
 class Dispatcher:
     """The connection's StreamOpener: turns each new stream into a Call, or refuses it."""
 
-    def __init__(self, methods: dict[bytes, Method], max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        methods: dict[bytes, Method],
+        max_message_bytes: int,
+        max_connection_bytes: int | None = None,
+    ) -> None:
         self._methods = methods
         self.max_message_bytes = max_message_bytes
+        self.max_connection_bytes = max_connection_bytes or max(2 * max_message_bytes, 64 << 20)
+        """Unfinished request bytes one connection may hold (many streams, none finished)."""
 
     def __call__(self, connection: Connection, stream_id: int, headers: Headers) -> Any:
         fields = dict(headers)
         if fields.get(b":method") != b"POST":
             connection.send_headers(stream_id, hpack_status(405), end_stream=True)
             return _Ignored()
-        if not fields.get(b"content-type", b"").startswith(b"application/grpc"):
+        if not _is_grpc(fields.get(b"content-type", b"")):
             connection.send_headers(stream_id, hpack_status(415), end_stream=True)
             return _Ignored()
         path = fields.get(b":path", b"")
         method = self._methods.get(path)
         try:
             if method is None:
-                name = path.decode(errors="replace")
+                name = path[:200].decode(errors="replace")
                 raise RpcError(Status.UNIMPLEMENTED, f"Method not found: {name}")
             encoding = fields.get(b"grpc-encoding", b"identity").decode(errors="replace")
             if encoding not in ENCODINGS:
-                raise RpcError(Status.UNIMPLEMENTED, f"grpc-encoding {encoding!r} is not supported")
+                shown = encoding[:50]
+                raise RpcError(Status.UNIMPLEMENTED, f"grpc-encoding {shown!r} is not supported")
             timeout = fields.get(b"grpc-timeout")
             seconds = parse_timeout(timeout) if timeout is not None else None
         except RpcError as exc:
-            connection.send_headers(
-                stream_id, status_block(exc.status, exc.message, headers=True), end_stream=True
-            )
+            block = status_block(exc.status, exc.message, headers=True) + _ACCEPT_ENCODING
+            connection.send_headers(stream_id, block, end_stream=True)
             return _Ignored()
         return Call(self, connection, stream_id, method, encoding, seconds)
+
+
+def _is_grpc(content_type: bytes) -> bool:
+    """application/grpc, optionally +format or ;parameters (PROTOCOL-HTTP2.md)."""
+    rest = content_type.removeprefix(b"application/grpc")
+    return rest != content_type and rest[:1] in (b"", b"+", b";")
+
+
+_ACCEPT_ENCODING = hpack_literal(b"grpc-accept-encoding", ",".join(ENCODINGS).encode())
 
 
 class _Ignored:
@@ -174,11 +195,13 @@ class Call:
     __slots__ = (
         "_buffer",
         "_connection",
+        "_counted",
         "_deadline",
         "_dispatcher",
         "_encoding",
         "_ended",
         "_finished",
+        "_headers_sent",
         "_held",
         "_loop",
         "_messages",
@@ -211,6 +234,8 @@ class Call:
         self._held = 0
         self._ended = False
         self._finished = False
+        self._headers_sent = False
+        self._counted = 0  # bytes of this call in connection.buffered
         self._waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._deadline = None if timeout is None else self._loop.time() + timeout
@@ -234,6 +259,9 @@ class Call:
         taken = 0
         limit = self._dispatcher.max_message_bytes
         while len(buffer) >= 5:
+            if buffer[0] > 1:
+                self._fail(Status.INTERNAL, f"invalid compressed flag {buffer[0]} on a message")
+                return
             size = int.from_bytes(buffer[1:5], "big")
             if size > limit:
                 self._fail(
@@ -252,6 +280,17 @@ class Call:
             taken += 5 + size
             self._messages.append(message)
             self._queued_bytes += len(message)
+        # Bytes of messages still arriving (and a unary call's message until it runs) count
+        # against the connection's budget; a stream's complete messages are bounded by the
+        # window it is given back (_release_window).
+        self._count(len(buffer) + (0 if self._method.streaming else self._queued_bytes))
+        if self._connection.buffered > self._dispatcher.max_connection_bytes:
+            self._fail(
+                Status.RESOURCE_EXHAUSTED,
+                f"this connection holds more than {self._dispatcher.max_connection_bytes} bytes "
+                "of requests still arriving",
+            )
+            return
         if not self._method.streaming:
             self._connection.consumed(self._stream_id, arrived)  # one message, bounded by limit
             if len(self._messages) > 1:
@@ -275,6 +314,7 @@ class Call:
         if self._buffer or len(self._messages) != 1:
             self._fail(Status.INTERNAL, "a unary call needs exactly one complete request message")
             return
+        self._count(0)  # the message is complete: it is the handler's now
         self._start(self._run_unary(self._messages.popleft()))
 
     def reset(self) -> None:
@@ -283,6 +323,11 @@ class Call:
             self._task.cancel()
 
     # -- running -----------------------------------------------------------------------------------
+
+    def _count(self, total: int) -> None:
+        """This call's share of connection.buffered is now `total` bytes."""
+        self._connection.buffered += total - self._counted
+        self._counted = total
 
     def _start(self, work: Any) -> None:
         self._task = self._loop.create_task(work)
@@ -295,42 +340,34 @@ class Call:
             except DecodeError:
                 raise RpcError(Status.INTERNAL, "could not parse the request message") from None
             reply = await method.handler(request, self)
+            body = frame_message(reply.SerializeToString())
         except Exception as exc:
             self._fail(*_status_of(exc))
             return
         if self._finished:
             return
         self._close()
-        body = frame_message(reply.SerializeToString())
         self._connection.respond(self._stream_id, RESPONSE_HEADERS, body, TRAILERS_OK)
 
     async def _run_stream(self) -> None:
-        started = False
+        connection = self._connection
         try:
             async with contextlib.aclosing(self._method.handler(self._requests(), self)) as replies:
                 async for reply in replies:
+                    body = frame_message(reply.SerializeToString())
                     if self._finished:
                         return
-                    if not started:
-                        self._connection.send_headers(self._stream_id, RESPONSE_HEADERS)
-                        started = True
-                    self._connection.send_data(
-                        self._stream_id, frame_message(reply.SerializeToString())
-                    )
+                    if not self._headers_sent:
+                        connection.send_headers(self._stream_id, RESPONSE_HEADERS)
+                        self._headers_sent = True
+                    connection.send_data(self._stream_id, body)
+                    # the handler's next reply waits while the peer leaves its window closed
+                    await connection.writable(self._stream_id)
         except Exception as exc:
             status, message = _status_of(exc)
         else:
             status, message = Status.OK, ""
-        if self._finished:
-            return
-        self._close()
-        if started:
-            self._connection.send_trailers(
-                self._stream_id, status_block(status, message, headers=False)
-            )
-        else:
-            block = status_block(status, message, headers=True)
-            self._connection.send_headers(self._stream_id, block, end_stream=True)
+        self._end(status, message)
 
     async def _requests(self) -> AsyncIterator[Message]:
         parse = self._method.request_type.FromString
@@ -371,11 +408,21 @@ class Call:
         """End the call with an error status (once); a peer still sending is told to stop."""
         if self._finished:
             return
-        self._close()
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
-        block = status_block(status, message, headers=True)
-        self._connection.send_headers(self._stream_id, block, end_stream=True)
+        self._end(status, message)
+
+    def _end(self, status: Status, message: str) -> None:
+        """The status, as trailers after the response headers or as a Trailers-Only answer."""
+        if self._finished:
+            return
+        self._close()
+        if self._headers_sent:
+            block = status_block(status, message, headers=False)
+            self._connection.send_trailers(self._stream_id, block)
+        else:
+            block = status_block(status, message, headers=True)
+            self._connection.send_headers(self._stream_id, block, end_stream=True)
 
     def _expire(self) -> None:
         self._timer = None
@@ -383,6 +430,7 @@ class Call:
 
     def _close(self) -> None:
         self._finished = True
+        self._count(0)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -25,12 +25,13 @@ from modelport.frontends.grpc.http2.frames import (
     StreamFailure,
 )
 from modelport.frontends.grpc.http2.headers import HeaderDecoder, Headers
-from modelport.frontends.grpc.http2.sender import Sender
+from modelport.frontends.grpc.http2.sender import STREAM_SEND_BUFFER, Sender
 from modelport.frontends.grpc.http2.stream import Stream, StreamEvents
 
 log = logging.getLogger("modelport.grpc.http2")
 
 StreamOpener = Callable[["Connection", int, Headers], StreamEvents]
+RECENT_RESETS = 256  # stream ids we reset that may still see the peer's in-flight frames
 _HTTP1_BODY = b"This port serves gRPC: HTTP/2 with prior knowledge, not HTTP/1.1.\n"
 _HTTP1_REPLY = (
     b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
@@ -47,6 +48,18 @@ class Http2Limits:
     max_header_list_size: int = 16 << 10
     max_header_block: int = 64 << 10
     preface_timeout: float = 10.0
+    max_idle_frames: int = 10_000
+    """Frames that do no work (PING, SETTINGS, RST_STREAM, PRIORITY, empty DATA/CONTINUATION)
+    allowed since the last call that completed or the last DATA with payload; more end the
+    connection with ENHANCE_YOUR_CALM (ping floods, rapid reset)."""
+
+    def __post_init__(self) -> None:
+        if not f.DEFAULT_WINDOW <= self.connection_window <= f.MAX_WINDOW:
+            raise ValueError("connection_window must be within 65535 .. 2^31-1")
+        if not 0 <= self.stream_window <= f.MAX_WINDOW:
+            raise ValueError("stream_window must be within 0 .. 2^31-1")
+        if not f.DEFAULT_FRAME_SIZE <= self.max_frame_size <= f.MAX_FRAME_SIZE_LIMIT:
+            raise ValueError("max_frame_size must be within 16384 .. 2^24-1")
 
 
 class Connection(asyncio.Protocol):
@@ -67,14 +80,20 @@ class Connection(asyncio.Protocol):
         self._headers = HeaderDecoder(limits.max_header_list_size, limits.max_header_block)
         self._continuation: tuple[int, int, bytearray] | None = None
         self._streams: dict[int, Stream] = {}
-        self._last_stream_id = 0
+        self._last_stream_id = 0  # the highest stream we opened: what GOAWAY reports
+        self._highest_stream_id = 0  # the highest the client used: above it, streams are idle
+        self._reset_ids: dict[int, None] = {}  # streams we reset lately: their frames are ignored
+        self._idle_frames = 0
+        self.buffered = 0
+        """Bytes of request messages still arriving on this connection (kept by the gRPC layer)."""
         self._recv_window = limits.connection_window
         self._recv_unacked = 0
         self._sender = Sender(self._write, self._local_end)
         self._writes: list[bytes] = []
         self._flush_scheduled = False
         self._receiving = False
-        self._goaway_sent = False
+        self._goaway_sent = False  # by us: new streams are ignored
+        self._draining = False  # a GOAWAY either way: close once the open streams are done
         self._closing = False
         self._preface_timer: asyncio.TimerHandle | None = None
 
@@ -98,7 +117,11 @@ class Connection(asyncio.Protocol):
                     Setting.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
                 }
             )
-            + f.window_update(0, limits.connection_window - f.DEFAULT_WINDOW)
+            + (
+                f.window_update(0, limits.connection_window - f.DEFAULT_WINDOW)
+                if limits.connection_window > f.DEFAULT_WINDOW
+                else b""
+            )
         )
 
     def data_received(self, data: bytes) -> None:
@@ -134,6 +157,7 @@ class Connection(asyncio.Protocol):
             self._preface_timer.cancel()
         streams, self._streams = self._streams, {}
         for stream in streams.values():
+            stream.wake()
             if stream.events is not None:
                 stream.events.reset()
         if self._on_closed is not None:
@@ -185,10 +209,21 @@ class Connection(asyncio.Protocol):
             stream.recv_unacked = 0
 
     def reset_stream(self, stream_id: int, code: ErrorCode) -> None:
-        if self._streams.pop(stream_id, None) is None:
+        stream = self._streams.pop(stream_id, None)
+        if stream is None:
             return
         self._sender.forget(stream_id)
-        self._write(f.rst_stream(stream_id, code))
+        stream.wake()
+        self._send_reset(stream_id, code)
+
+    async def writable(self, stream_id: int) -> None:
+        """Wait while too much is queued for the stream (the peer's window is closed); returns
+        at once if the stream is gone."""
+        stream = self._streams.get(stream_id)
+        while stream is not None and stream.queued >= STREAM_SEND_BUFFER:
+            stream.drained = asyncio.get_running_loop().create_future()
+            await stream.drained
+            stream = self._streams.get(stream_id)
 
     @property
     def active_streams(self) -> int:
@@ -198,7 +233,12 @@ class Connection(asyncio.Protocol):
         """Graceful: GOAWAY now, then close once the streams already open have finished."""
         if self._closing or self._goaway_sent:
             return
-        self._goaway_sent = True
+        if not self._preface_seen:  # not an HTTP/2 connection yet: nothing to say goodbye to
+            self._closing = True
+            if self._transport is not None:
+                self._transport.close()
+            return
+        self._goaway_sent = self._draining = True
         self._write(f.goaway(self._last_stream_id, ErrorCode.NO_ERROR))
         self._flush()
         self._close_if_done()
@@ -263,22 +303,39 @@ class Connection(asyncio.Protocol):
             elif kind == FrameType.RST_STREAM:
                 self._on_rst_stream(stream_id, payload)
             elif kind == FrameType.PRIORITY:
-                if stream_id == 0:
-                    raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "PRIORITY on stream 0")
-                if len(payload) != 5:
-                    raise StreamFailure(stream_id, ErrorCode.FRAME_SIZE_ERROR, "PRIORITY size")
+                self._on_priority(stream_id, payload)
             elif kind == FrameType.GOAWAY:
-                self._on_goaway(stream_id)
+                self._on_goaway(stream_id, payload)
             elif kind == FrameType.PUSH_PROMISE:
                 raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "clients cannot push")
             # unknown frame types are ignored (RFC 9113 4.1)
         except StreamFailure as exc:
             self._stream_failed(exc.stream_id, exc.code)
 
+    def _idle_frame(self) -> None:
+        self._idle_frames += 1
+        if self._idle_frames > self._limits.max_idle_frames:
+            raise ConnectionFailure(
+                ErrorCode.ENHANCE_YOUR_CALM, "too many frames without a completed call"
+            )
+
+    def _on_priority(self, stream_id: int, payload: memoryview) -> None:
+        if stream_id == 0:
+            raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "PRIORITY on stream 0")
+        self._idle_frame()
+        if len(payload) != 5:
+            if stream_id > self._highest_stream_id:  # no RST_STREAM on an idle stream
+                raise ConnectionFailure(ErrorCode.FRAME_SIZE_ERROR, "PRIORITY size")
+            raise StreamFailure(stream_id, ErrorCode.FRAME_SIZE_ERROR, "PRIORITY size")
+
     def _on_data(self, flags: int, stream_id: int, payload: memoryview) -> None:
         if stream_id == 0:
             raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "DATA on stream 0")
         size = len(payload)
+        if size == 0 and not flags & Flag.END_STREAM:
+            self._idle_frame()
+        else:
+            self._idle_frames = 0
         self._recv_window -= size
         if self._recv_window < 0:
             raise ConnectionFailure(ErrorCode.FLOW_CONTROL_ERROR, "connection window exceeded")
@@ -289,7 +346,7 @@ class Connection(asyncio.Protocol):
             self._recv_unacked = 0
         stream = self._streams.get(stream_id)
         if stream is None:
-            if stream_id > self._last_stream_id:
+            if stream_id > self._highest_stream_id:
                 raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "DATA on an idle stream")
             return  # a stream we closed or reset: ignored, its window already counted
         if stream.remote_closed:
@@ -324,6 +381,8 @@ class Connection(asyncio.Protocol):
     def _on_continuation(self, flags: int, stream_id: int, payload: memoryview) -> None:
         if self._continuation is None or self._continuation[0] != stream_id:
             raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "unexpected CONTINUATION")
+        if not payload:
+            self._idle_frame()
         _, first_flags, block = self._continuation
         block += payload
         self._headers.check_size(len(block))
@@ -345,13 +404,16 @@ class Connection(asyncio.Protocol):
             return
         if stream_id % 2 == 0:
             raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "client stream ids are odd")
-        if stream_id <= self._last_stream_id:
-            return  # headers for a stream we reset; nothing to do
-        self._last_stream_id = stream_id
+        if stream_id <= self._highest_stream_id:
+            if stream_id in self._reset_ids or self._goaway_sent:
+                return  # frames of a stream we reset, or ignored, may still arrive
+            raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "stream id not above the last one")
+        self._highest_stream_id = stream_id
         if self._goaway_sent:
             return  # after GOAWAY new streams are ignored (the client may retry them)
+        self._last_stream_id = stream_id
         if len(self._streams) >= self._limits.max_concurrent_streams:
-            self._write(f.rst_stream(stream_id, ErrorCode.REFUSED_STREAM))
+            self._send_reset(stream_id, ErrorCode.REFUSED_STREAM)
             return
         stream = Stream(stream_id, self._limits.stream_window, self._sender.initial_window)
         stream.remote_closed = bool(flags & Flag.END_STREAM)
@@ -371,7 +433,7 @@ class Connection(asyncio.Protocol):
             return
         stream = self._streams.get(stream_id)
         if stream is None:
-            if stream_id > self._last_stream_id:
+            if stream_id > self._highest_stream_id:
                 raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE on idle stream")
             return
         if increment == 0:
@@ -393,8 +455,9 @@ class Connection(asyncio.Protocol):
                 frame_size = value
             elif key == Setting.ENABLE_PUSH and value > 1:
                 raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "bad ENABLE_PUSH")
-        self._write(f.frame(FrameType.SETTINGS, Flag.ACK, 0))
+        self._idle_frame()
         self._sender.peer_settings(list(self._streams.values()), window, frame_size)
+        self._write(f.frame(FrameType.SETTINGS, Flag.ACK, 0))  # only once they all applied
 
     def _on_ping(self, flags: int, stream_id: int, payload: memoryview) -> None:
         if stream_id != 0:
@@ -402,6 +465,7 @@ class Connection(asyncio.Protocol):
         if len(payload) != 8:
             raise ConnectionFailure(ErrorCode.FRAME_SIZE_ERROR, "PING size")
         if not flags & Flag.ACK:
+            self._idle_frame()
             self._write(f.frame(FrameType.PING, Flag.ACK, 0, bytes(payload)))
 
     def _on_rst_stream(self, stream_id: int, payload: memoryview) -> None:
@@ -409,19 +473,23 @@ class Connection(asyncio.Protocol):
             raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "RST_STREAM on stream 0")
         if len(payload) != 4:
             raise ConnectionFailure(ErrorCode.FRAME_SIZE_ERROR, "RST_STREAM size")
-        if stream_id > self._last_stream_id:
+        if stream_id > self._highest_stream_id:
             raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "RST_STREAM on an idle stream")
+        self._idle_frame()
         stream = self._streams.pop(stream_id, None)
         if stream is not None:
             self._sender.forget(stream_id)
+            stream.wake()
             if stream.events is not None:
                 stream.events.reset()
             self._close_if_done()
 
-    def _on_goaway(self, stream_id: int) -> None:
+    def _on_goaway(self, stream_id: int, payload: memoryview) -> None:
         if stream_id != 0:
             raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "GOAWAY on a stream")
-        self._goaway_sent = True  # the peer opens no more streams; finish the open ones
+        if len(payload) < 8:
+            raise ConnectionFailure(ErrorCode.FRAME_SIZE_ERROR, "GOAWAY size")
+        self._draining = True  # the peer opens no more streams; finish the open ones
         self._close_if_done()
 
     # -- sending -----------------------------------------------------------------------------------
@@ -430,16 +498,27 @@ class Connection(asyncio.Protocol):
         """We sent END_STREAM. A peer still sending is told to stop (RST_STREAM NO_ERROR)."""
         self._streams.pop(stream.stream_id, None)
         self._sender.forget(stream.stream_id)
-        if not stream.remote_closed:
-            self._write(f.rst_stream(stream.stream_id, ErrorCode.NO_ERROR))
+        stream.wake()
+        if stream.remote_closed:
+            self._idle_frames = 0  # a call completed: the connection is doing real work
+        else:
+            self._send_reset(stream.stream_id, ErrorCode.NO_ERROR)
         self._close_if_done()
 
     def _stream_failed(self, stream_id: int, code: ErrorCode) -> None:
         stream = self._streams.pop(stream_id, None)
         self._sender.forget(stream_id)
+        self._send_reset(stream_id, code)
+        if stream is not None:
+            stream.wake()
+            if stream.events is not None:
+                stream.events.reset()
+
+    def _send_reset(self, stream_id: int, code: ErrorCode) -> None:
         self._write(f.rst_stream(stream_id, code))
-        if stream is not None and stream.events is not None:
-            stream.events.reset()
+        self._reset_ids[stream_id] = None
+        if len(self._reset_ids) > RECENT_RESETS:
+            del self._reset_ids[next(iter(self._reset_ids))]
 
     def _write(self, data: bytes) -> None:
         self._writes.append(data)
@@ -456,7 +535,7 @@ class Connection(asyncio.Protocol):
     # -- closing -----------------------------------------------------------------------------------
 
     def _close_if_done(self) -> None:
-        if self._goaway_sent and not self._streams and self._transport is not None:
+        if self._draining and not self._streams and self._transport is not None:
             self._flush()
             self._transport.close()
 

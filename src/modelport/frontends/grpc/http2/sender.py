@@ -19,6 +19,10 @@ from modelport.frontends.grpc.http2.frames import (
 )
 from modelport.frontends.grpc.http2.stream import Stream
 
+STREAM_SEND_BUFFER = 256 << 10
+"""A streaming handler waits (Connection.writable) while more than this is queued for its stream:
+a peer that does not open its window cannot make the server buffer without bound."""
+
 
 class Sender:
     def __init__(self, write: Callable[[bytes], None], ended: Callable[[Stream], None]) -> None:
@@ -36,6 +40,7 @@ class Sender:
 
     def data(self, stream: Stream, data: bytes, end_stream: bool = False) -> None:
         stream.outbound.append((memoryview(data), end_stream))
+        stream.queued += len(data)
         self.pump(stream)
 
     def trailers(self, stream: Stream, block: bytes) -> None:
@@ -66,6 +71,8 @@ class Sender:
             delta, self.initial_window = window - self.initial_window, window
             for stream in streams:  # RFC 9113 6.9.2: open streams' windows move by the change
                 stream.send_window += delta
+                if stream.send_window > f.MAX_WINDOW:
+                    raise ConnectionFailure(ErrorCode.FLOW_CONTROL_ERROR, "window over 2^31-1")
         if frame is not None:
             if not f.DEFAULT_FRAME_SIZE <= frame <= f.MAX_FRAME_SIZE_LIMIT:
                 raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "bad MAX_FRAME_SIZE")
@@ -80,6 +87,8 @@ class Sender:
             room = min(self.window, stream.send_window, self.frame_size)
             if room <= 0 and data:
                 self._blocked[stream.stream_id] = stream
+                if stream.queued < STREAM_SEND_BUFFER:
+                    stream.wake()
                 return
             piece, rest = data[:room], data[room:]  # views: a large answer is copied once
             last = not rest and ends and len(outbound) == 1 and stream.trailers is None
@@ -87,6 +96,7 @@ class Sender:
             self._write(f.frame(FrameType.DATA, flags, stream.stream_id, piece))
             self.window -= len(piece)
             stream.send_window -= len(piece)
+            stream.queued -= len(piece)
             if rest:
                 outbound[0] = (rest, ends)
             else:
@@ -94,6 +104,7 @@ class Sender:
             if last:
                 self._ended(stream)
                 return
+        stream.wake()
         self._blocked.pop(stream.stream_id, None)
         if stream.trailers is not None:
             block, stream.trailers = stream.trailers, None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from typing import Protocol
 
@@ -21,8 +22,10 @@ class StreamEvents(Protocol):
 
 class Stream:
     __slots__ = (
+        "drained",
         "events",
         "outbound",
+        "queued",
         "recv_unacked",
         "recv_window",
         "remote_closed",
@@ -39,4 +42,10 @@ class Stream:
         self.send_window = send_window
         self.remote_closed = False
         self.outbound: deque[tuple[memoryview, bool]] = deque()  # (data, ends the stream)
+        self.queued = 0  # bytes in `outbound`
+        self.drained: asyncio.Future[None] | None = None  # a sender waiting for `queued` to fall
         self.trailers: bytes | None = None  # sent once `outbound` is empty
+
+    def wake(self) -> None:
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
