@@ -22,7 +22,8 @@ from google.protobuf.wrappers_pb2 import BytesValue
 
 from modelport.core.errors import InvalidInput
 from modelport.frontends.grpc.http2 import frames as f
-from modelport.frontends.grpc.http2.connection import Connection, Http2Limits
+from modelport.frontends.grpc.http2.connection import Connection
+from modelport.frontends.grpc.http2.limits import Http2Limits
 from modelport.frontends.grpc.rpc import Dispatcher, Method, frame_message
 
 ECHO, WAIT, FAIL, CHAT = (b"/t.S/Echo", b"/t.S/Wait", b"/t.S/Fail", b"/t.S/Chat")

@@ -15,7 +15,7 @@ import pytest
 from google.protobuf.wrappers_pb2 import BytesValue
 
 from modelport.frontends.grpc.http2 import frames as f
-from modelport.frontends.grpc.http2.connection import Http2Limits
+from modelport.frontends.grpc.http2.limits import Http2Limits
 from modelport.frontends.grpc.rpc import RpcError, Status, parse_timeout, status_block
 from tests.h2peer import (
     BAD,

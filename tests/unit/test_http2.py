@@ -11,7 +11,8 @@ import h2.settings
 import pytest
 
 from modelport.frontends.grpc.http2 import frames as f
-from modelport.frontends.grpc.http2.connection import Connection, Http2Limits
+from modelport.frontends.grpc.http2.connection import Connection
+from modelport.frontends.grpc.http2.limits import Http2Limits
 from modelport.frontends.grpc.rpc import Dispatcher
 from tests.h2peer import (
     ECHO,

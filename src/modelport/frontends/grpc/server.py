@@ -8,7 +8,8 @@ import socket
 
 from modelport.core.server import InferenceServer
 from modelport.frontends.grpc.generated import inference_pb2 as pb
-from modelport.frontends.grpc.http2.connection import Connection, Http2Limits
+from modelport.frontends.grpc.http2.connection import Connection
+from modelport.frontends.grpc.http2.limits import Http2Limits
 from modelport.frontends.grpc.rpc import Dispatcher, service_methods
 from modelport.frontends.grpc.servicer import InferenceServicer
 

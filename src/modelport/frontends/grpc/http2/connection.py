@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import cast
 
 from modelport.frontends.grpc.http2 import frames as f
@@ -21,45 +20,17 @@ from modelport.frontends.grpc.http2.frames import (
     ErrorCode,
     Flag,
     FrameType,
-    Setting,
     StreamFailure,
 )
 from modelport.frontends.grpc.http2.headers import HeaderDecoder, Headers
+from modelport.frontends.grpc.http2.limits import Http2Limits
 from modelport.frontends.grpc.http2.sender import STREAM_SEND_BUFFER, Sender
 from modelport.frontends.grpc.http2.stream import Stream, StreamEvents
+from modelport.frontends.grpc.http2.stream_ids import StreamIds
 
 log = logging.getLogger("modelport.grpc.http2")
 
 StreamOpener = Callable[["Connection", int, Headers], StreamEvents]
-RECENT_RESETS = 256  # stream ids we reset that may still see the peer's in-flight frames
-_HTTP1_BODY = b"This port serves gRPC: HTTP/2 with prior knowledge, not HTTP/1.1.\n"
-_HTTP1_REPLY = (
-    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
-    b"Content-Length: %d\r\n\r\n%s" % (len(_HTTP1_BODY), _HTTP1_BODY)
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Http2Limits:
-    max_concurrent_streams: int = 1024
-    stream_window: int = 1 << 20
-    connection_window: int = 16 << 20
-    max_frame_size: int = 1 << 20
-    max_header_list_size: int = 16 << 10
-    max_header_block: int = 64 << 10
-    preface_timeout: float = 10.0
-    max_idle_frames: int = 10_000
-    """Frames that do no work (PING, SETTINGS, RST_STREAM, PRIORITY, empty DATA/CONTINUATION)
-    allowed since the last call that completed or the last DATA with payload; more end the
-    connection with ENHANCE_YOUR_CALM (ping floods, rapid reset)."""
-
-    def __post_init__(self) -> None:
-        if not f.DEFAULT_WINDOW <= self.connection_window <= f.MAX_WINDOW:
-            raise ValueError("connection_window must be within 65535 .. 2^31-1")
-        if not 0 <= self.stream_window <= f.MAX_WINDOW:
-            raise ValueError("stream_window must be within 0 .. 2^31-1")
-        if not f.DEFAULT_FRAME_SIZE <= self.max_frame_size <= f.MAX_FRAME_SIZE_LIMIT:
-            raise ValueError("max_frame_size must be within 16384 .. 2^24-1")
 
 
 class Connection(asyncio.Protocol):
@@ -80,9 +51,7 @@ class Connection(asyncio.Protocol):
         self._headers = HeaderDecoder(limits.max_header_list_size, limits.max_header_block)
         self._continuation: tuple[int, int, bytearray] | None = None
         self._streams: dict[int, Stream] = {}
-        self._last_stream_id = 0  # the highest stream we opened: what GOAWAY reports
-        self._highest_stream_id = 0  # the highest the client used: above it, streams are idle
-        self._reset_ids: dict[int, None] = {}  # streams we reset lately: their frames are ignored
+        self._ids = StreamIds()
         self._idle_frames = 0
         self.buffered = 0
         """Bytes of request messages still arriving on this connection (kept by the gRPC layer)."""
@@ -103,26 +72,6 @@ class Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         loop = asyncio.get_running_loop()
         self._preface_timer = loop.call_later(self._limits.preface_timeout, self._preface_expired)
-
-    def _send_preface(self) -> None:
-        """Our SETTINGS (and connection window), once the client's preface has been seen, so a
-        client that is not speaking HTTP/2 gets a plain answer and no binary frames."""
-        limits = self._limits
-        self._write(
-            f.settings(
-                {
-                    Setting.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
-                    Setting.INITIAL_WINDOW_SIZE: limits.stream_window,
-                    Setting.MAX_FRAME_SIZE: limits.max_frame_size,
-                    Setting.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
-                }
-            )
-            + (
-                f.window_update(0, limits.connection_window - f.DEFAULT_WINDOW)
-                if limits.connection_window > f.DEFAULT_WINDOW
-                else b""
-            )
-        )
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -234,12 +183,10 @@ class Connection(asyncio.Protocol):
         if self._closing or self._goaway_sent:
             return
         if not self._preface_seen:  # not an HTTP/2 connection yet: nothing to say goodbye to
-            self._closing = True
-            if self._transport is not None:
-                self._transport.close()
+            self._close()
             return
         self._goaway_sent = self._draining = True
-        self._write(f.goaway(self._last_stream_id, ErrorCode.NO_ERROR))
+        self._write(f.goaway(self._ids.last_opened, ErrorCode.NO_ERROR))
         self._flush()
         self._close_if_done()
 
@@ -262,7 +209,7 @@ class Connection(asyncio.Protocol):
             self._preface_seen = True
             if self._preface_timer is not None:
                 self._preface_timer.cancel()
-            self._send_preface()
+            self._write(self._limits.announcement())
             pos = len(f.PREFACE)
         view = memoryview(data)
         end = len(data)
@@ -324,7 +271,7 @@ class Connection(asyncio.Protocol):
             raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "PRIORITY on stream 0")
         self._idle_frame()
         if len(payload) != 5:
-            if stream_id > self._highest_stream_id:  # no RST_STREAM on an idle stream
+            if self._ids.idle(stream_id):  # no RST_STREAM on an idle stream
                 raise ConnectionFailure(ErrorCode.FRAME_SIZE_ERROR, "PRIORITY size")
             raise StreamFailure(stream_id, ErrorCode.FRAME_SIZE_ERROR, "PRIORITY size")
 
@@ -346,7 +293,7 @@ class Connection(asyncio.Protocol):
             self._recv_unacked = 0
         stream = self._streams.get(stream_id)
         if stream is None:
-            if stream_id > self._highest_stream_id:
+            if self._ids.idle(stream_id):
                 raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "DATA on an idle stream")
             return  # a stream we closed or reset: ignored, its window already counted
         if stream.remote_closed:
@@ -355,7 +302,7 @@ class Connection(asyncio.Protocol):
         if stream.recv_window < 0:
             raise StreamFailure(stream_id, ErrorCode.FLOW_CONTROL_ERROR, "stream window exceeded")
         if flags & Flag.PADDED:
-            payload = _unpad(payload)
+            payload = f.unpad(payload)
             self.consumed(stream_id, size - len(payload))
         assert stream.events is not None
         if payload:
@@ -367,7 +314,7 @@ class Connection(asyncio.Protocol):
     def _on_headers(self, flags: int, stream_id: int, payload: memoryview) -> None:
         if stream_id == 0:
             raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "HEADERS on stream 0")
-        block = _unpad(payload) if flags & Flag.PADDED else payload
+        block = f.unpad(payload) if flags & Flag.PADDED else payload
         if flags & Flag.PRIORITY:
             if len(block) < 5:
                 raise ConnectionFailure(ErrorCode.FRAME_SIZE_ERROR, "HEADERS priority too short")
@@ -404,14 +351,8 @@ class Connection(asyncio.Protocol):
             return
         if stream_id % 2 == 0:
             raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "client stream ids are odd")
-        if stream_id <= self._highest_stream_id:
-            if stream_id in self._reset_ids or self._goaway_sent:
-                return  # frames of a stream we reset, or ignored, may still arrive
-            raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "stream id not above the last one")
-        self._highest_stream_id = stream_id
-        if self._goaway_sent:
-            return  # after GOAWAY new streams are ignored (the client may retry them)
-        self._last_stream_id = stream_id
+        if not self._ids.open(stream_id, accepting=not self._goaway_sent):
+            return  # after our GOAWAY, or trailers of a stream we reset: nothing to do
         if len(self._streams) >= self._limits.max_concurrent_streams:
             self._send_reset(stream_id, ErrorCode.REFUSED_STREAM)
             return
@@ -433,7 +374,7 @@ class Connection(asyncio.Protocol):
             return
         stream = self._streams.get(stream_id)
         if stream is None:
-            if stream_id > self._highest_stream_id:
+            if self._ids.idle(stream_id):
                 raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE on idle stream")
             return
         if increment == 0:
@@ -449,11 +390,11 @@ class Connection(asyncio.Protocol):
             return
         window = frame_size = None
         for key, value in f.parse_settings(bytes(payload)):
-            if key == Setting.INITIAL_WINDOW_SIZE:
+            if key == f.Setting.INITIAL_WINDOW_SIZE:
                 window = value
-            elif key == Setting.MAX_FRAME_SIZE:
+            elif key == f.Setting.MAX_FRAME_SIZE:
                 frame_size = value
-            elif key == Setting.ENABLE_PUSH and value > 1:
+            elif key == f.Setting.ENABLE_PUSH and value > 1:
                 raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "bad ENABLE_PUSH")
         self._idle_frame()
         self._sender.peer_settings(list(self._streams.values()), window, frame_size)
@@ -473,7 +414,7 @@ class Connection(asyncio.Protocol):
             raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "RST_STREAM on stream 0")
         if len(payload) != 4:
             raise ConnectionFailure(ErrorCode.FRAME_SIZE_ERROR, "RST_STREAM size")
-        if stream_id > self._highest_stream_id:
+        if self._ids.idle(stream_id):
             raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "RST_STREAM on an idle stream")
         self._idle_frame()
         stream = self._streams.pop(stream_id, None)
@@ -516,9 +457,7 @@ class Connection(asyncio.Protocol):
 
     def _send_reset(self, stream_id: int, code: ErrorCode) -> None:
         self._write(f.rst_stream(stream_id, code))
-        self._reset_ids[stream_id] = None
-        if len(self._reset_ids) > RECENT_RESETS:
-            del self._reset_ids[next(iter(self._reset_ids))]
+        self._ids.reset(stream_id)
 
     def _write(self, data: bytes) -> None:
         self._writes.append(data)
@@ -541,30 +480,21 @@ class Connection(asyncio.Protocol):
 
     def _fail(self, code: ErrorCode, message: str) -> None:
         log.info("closing an HTTP/2 connection: %s (%s)", message, code.name)
-        self._write(f.goaway(self._last_stream_id, code, message.encode()[:256]))
+        self._write(f.goaway(self._ids.last_opened, code, message.encode()[:256]))
         self._flush()
+        self._close()
+
+    def _close(self) -> None:
         self._closing = True
         if self._transport is not None:
             self._transport.close()
 
     def _refuse_non_http2(self, data: bytes) -> None:
         if data[:1].isalpha():  # most likely an HTTP/1.1 request line
-            self._writes = [_HTTP1_REPLY]
+            self._writes = [f.HTTP1_REFUSAL]
             self._flush()
-        self._closing = True
-        if self._transport is not None:
-            self._transport.close()
+        self._close()
 
     def _preface_expired(self) -> None:
-        if not self._preface_seen and self._transport is not None:
-            self._closing = True
-            self._transport.close()
-
-
-def _unpad(payload: memoryview) -> memoryview:
-    if not payload:
-        raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "padded frame without a pad length")
-    pad = payload[0]
-    if pad >= len(payload):
-        raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "padding longer than the frame")
-    return payload[1 : len(payload) - pad]
+        if not self._preface_seen:
+            self._close()

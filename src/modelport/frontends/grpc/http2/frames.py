@@ -134,3 +134,21 @@ def hpack_status(code: int) -> bytes:
     """':status' by its static-table name (index 8) with a literal value, without indexing."""
     value = str(code).encode()
     return hpack_integer(8, 4) + hpack_integer(len(value), 7) + value
+
+
+def unpad(payload: memoryview) -> memoryview:
+    """The payload of a PADDED frame without its pad length byte and padding."""
+    if not payload:
+        raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "padded frame without a pad length")
+    pad = payload[0]
+    if pad >= len(payload):
+        raise ConnectionFailure(ErrorCode.PROTOCOL_ERROR, "padding longer than the frame")
+    return payload[1 : len(payload) - pad]
+
+
+_HTTP1_BODY = b"This port serves gRPC: HTTP/2 with prior knowledge, not HTTP/1.1.\n"
+HTTP1_REFUSAL = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(_HTTP1_BODY), _HTTP1_BODY)
+)
+"""What a client speaking HTTP/1.1 to the gRPC port gets back, before the connection closes."""
