@@ -7,7 +7,7 @@ GRPC_PORT ?= 8001
 HOST ?= 127.0.0.1
 SERVE_ARGS ?=
 
-.PHONY: serve test lint format examples proto bench bench-peers bench-workers bench-memory bench-runtimes bench-optimize clean
+.PHONY: serve test lint format examples proto bench bench-peers bench-workers bench-ceiling bench-memory bench-runtimes bench-optimize clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "modelport needs Python 3.11+"'
@@ -56,6 +56,10 @@ bench-peers: $(VENV)/.installed-dev
 # one server process against two (--workers 2); needs: bash ../shared/bench/setup.sh torch perf
 bench-workers: $(VENV)/.installed-dev
 	bash benchmarks/run_workers.sh $${TAG:-run} $${ROUNDS:-3} $${DURATION:-5}
+
+# cnn against the raw onnxruntime ceiling in alternating rounds; needs: setup.sh torch perf
+bench-ceiling: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/ceiling_rounds.py --tag $${TAG:-run} --rounds $${ROUNDS:-5}
 
 # memory and start-up with both bench models in one server, next to MLServer (setup.sh mlserver)
 bench-memory: $(VENV)/.installed-dev
