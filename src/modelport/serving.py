@@ -120,7 +120,7 @@ class Supervisor:
     def _start(self, index: int, http: socket.socket, grpc: socket.socket) -> Any:
         process = self._context.Process(
             target=_worker_main,
-            args=(self._settings.model_dump(), http, grpc, os.getpid()),
+            args=(self._settings, http, grpc, os.getpid()),
             name=f"modelport-worker-{index}",
         )
         process.start()
@@ -169,14 +169,13 @@ class Supervisor:
 
 
 def _worker_main(
-    settings: dict[str, Any], http: socket.socket, grpc: socket.socket, supervisor: int
+    settings: ServerSettings, http: socket.socket, grpc: socket.socket, supervisor: int
 ) -> None:
     from modelport.observability.logging import configure
 
-    worker_settings = ServerSettings(**settings)
-    configure(worker_settings.log_level, with_pid=True)
+    configure(settings.log_level, with_pid=True)
     threading.Thread(target=_stop_with_supervisor, args=(supervisor,), daemon=True).start()
-    run_server(worker_settings, http, grpc)
+    run_server(settings, http, grpc)
 
 
 def _stop_with_supervisor(supervisor: int) -> None:

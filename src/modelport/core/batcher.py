@@ -32,6 +32,7 @@ from modelport.core.errors import (
     ModelportError,
     ServerBusy,
 )
+from modelport.core.stats import RunTime
 
 log = logging.getLogger("modelport.batcher")
 
@@ -45,7 +46,6 @@ QUEUE_AHEAD_MIN_NS = 1_000_000
 """Batches of models whose runs take at least this long (moving average) are formed one ahead of
 a free instance. It hides the event loop's handoff between two batches (cnn at c=32: +11-14 %);
 for faster models it would only split batches (mlp: -7 %). benchmarks/results, session 5."""
-_COMPUTE_SMOOTHING = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +91,7 @@ class DynamicBatcher:
         self._instances = instances
         self._dispatched = 0  # batches handed to the host: running, or queued there
         self._slot_freed = asyncio.Event()
-        self._compute_ns = 0.0  # moving average of one run's compute time
+        self._run_time = RunTime()
         self._queue: deque[_Pending] = deque()
         self._arrived = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
@@ -164,7 +164,7 @@ class DynamicBatcher:
     async def _dispatch_slot(self) -> None:
         """Wait until a batch may be handed to the host: an instance is free, or one more may
         queue there because this model's runs are long enough to be worth it."""
-        while self._dispatched >= self._instances + (self._compute_ns >= QUEUE_AHEAD_MIN_NS):
+        while self._dispatched >= self._instances + (self._run_time.ns >= QUEUE_AHEAD_MIN_NS):
             self._slot_freed.clear()
             await self._slot_freed.wait()
         self._dispatched += 1
@@ -241,7 +241,7 @@ class DynamicBatcher:
         inputs = _concatenate([p.inputs for p in members])
         wanted = _union([p.outputs for p in members])
         outputs, infer_ns = await self._run(inputs, wanted)
-        self._compute_ns += (infer_ns - self._compute_ns) * _COMPUTE_SMOOTHING
+        self._run_time.add(infer_ns)
         sizes = [p.size for p in members]
         parts = _split(self._label, outputs, sizes) if len(members) > 1 else [outputs]
         if self._on_execution is not None:

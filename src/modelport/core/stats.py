@@ -24,6 +24,17 @@ class Duration:
 
 
 @dataclass(slots=True)
+class RunTime:
+    """Moving average of one run's duration: each new run weighs 1/5, so a change in the
+    model's speed shows within a few runs (what the batcher and the thread host decide on)."""
+
+    ns: float = 0.0
+
+    def add(self, ns: int) -> None:
+        self.ns += (ns - self.ns) * 0.2
+
+
+@dataclass(slots=True)
 class BatchStat:
     batch_size: int
     compute_input: Duration = field(default_factory=Duration)

@@ -26,6 +26,7 @@ from pathlib import Path
 from modelport.core.config import ModelConfig
 from modelport.core.errors import InferenceFailed, ModelLoadError, ModelportError
 from modelport.core.runtime import Arrays, LoadedModel, ModelHost, Runtime, Signature
+from modelport.core.stats import RunTime
 
 log = logging.getLogger("modelport.executor")
 
@@ -38,7 +39,6 @@ INLINE_MAX_NS = 150_000
 so they run on the event loop: mlp at c=1, p50 620-710 -> 400-470 us; at c=32 +5-50 % (session
 5, docs/architecture.md departure 17). A long run moves the average, and the next runs go back
 to the instance threads."""
-RUN_TIME_SMOOTHING = 0.2
 WARM_TIMEOUT_SECS = 300.0
 WARM_TASK_SECS = 0.05
 
@@ -105,19 +105,18 @@ class ThreadHost:
             for model in models:
                 self._free.put(model)
         self._infer = models[0].infer if self._free is None else self._borrowed
-        self._may_inline = self._free is None
-        self._run_ns = float(INLINE_MAX_NS)  # on the threads until runs have been measured
+        self._run_time = RunTime(INLINE_MAX_NS)  # on the threads until runs have been measured
 
     def signature(self) -> Signature:
         return self._models[0].signature()
 
     async def run(self, inputs: Arrays, outputs: Outputs) -> tuple[Arrays, int]:
-        if self._may_inline and self._run_ns < INLINE_MAX_NS:
+        if self._free is None and self._run_time.ns < INLINE_MAX_NS:
             result = _timed(self._infer, inputs, outputs)
         else:
             loop = asyncio.get_running_loop()
             result = await loop.run_in_executor(self._pool, _timed, self._infer, inputs, outputs)
-        self._run_ns += (result[1] - self._run_ns) * RUN_TIME_SMOOTHING
+        self._run_time.add(result[1])
         return result
 
     def _borrowed(self, inputs: Arrays, outputs: Outputs) -> Arrays:

@@ -254,32 +254,20 @@ class Call:
         if self._finished:
             return
         buffer = self._buffer
-        buffer += chunk
         arrived = len(chunk)
-        taken = 0
-        limit = self._dispatcher.max_message_bytes
-        while len(buffer) >= 5:
-            if buffer[0] > 1:
-                self._fail(Status.INTERNAL, f"invalid compressed flag {buffer[0]} on a message")
+        if buffer:  # the start of a message came before: join, then cut messages from that
+            buffer += chunk
+            with memoryview(buffer) as view:
+                used = self._take_messages(view)
+            if used is None:
                 return
-            size = int.from_bytes(buffer[1:5], "big")
-            if size > limit:
-                self._fail(
-                    Status.RESOURCE_EXHAUSTED,
-                    f"received message larger than max ({size} vs. {limit})",
-                )
+            del buffer[:used]
+        else:  # messages are cut straight from the frame; only a partial one is kept
+            used = self._take_messages(chunk)
+            if used is None:
                 return
-            if len(buffer) < 5 + size:
-                break
-            message = bytes(buffer[5 : 5 + size])
-            if buffer[0]:
-                message = self._decompress(message)
-                if message is None:
-                    return
-            del buffer[: 5 + size]
-            taken += 5 + size
-            self._messages.append(message)
-            self._queued_bytes += len(message)
+            buffer += chunk[used:]
+        taken = used > 0
         # Bytes of messages still arriving (and a unary call's message until it runs) count
         # against the connection's budget; a stream's complete messages are bounded by the
         # window it is given back (_release_window).
@@ -302,6 +290,35 @@ class Call:
         self._release_window()
         if taken and self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+    def _take_messages(self, view: memoryview) -> int | None:
+        """Queue the complete messages at the start of `view` (one copy each); returns the
+        bytes they used, or None when the call failed on one of them."""
+        limit = self._dispatcher.max_message_bytes
+        pos, end = 0, len(view)
+        while end - pos >= 5:
+            compressed = view[pos]
+            if compressed > 1:
+                self._fail(Status.INTERNAL, f"invalid compressed flag {compressed} on a message")
+                return None
+            size = int.from_bytes(view[pos + 1 : pos + 5], "big")
+            if size > limit:
+                self._fail(
+                    Status.RESOURCE_EXHAUSTED,
+                    f"received message larger than max ({size} vs. {limit})",
+                )
+                return None
+            if end - pos - 5 < size:
+                break
+            message: bytes | None = bytes(view[pos + 5 : pos + 5 + size])
+            if compressed:
+                message = self._decompress(message)
+                if message is None:
+                    return None
+            pos += 5 + size
+            self._messages.append(message)
+            self._queued_bytes += len(message)
+        return pos
 
     def end(self) -> None:
         self._ended = True

@@ -26,13 +26,12 @@ class GrpcServer:
         port: int,
         *,
         max_message_bytes: int,
-        limits: Http2Limits | None = None,
         sock: socket.socket | None = None,
     ) -> None:
         """`sock`: an already listening socket (shared by several workers) instead of binding."""
         methods = service_methods(InferenceServicer(server), SERVICE)
         self._dispatcher = Dispatcher(methods, max_message_bytes)
-        self._limits = limits or Http2Limits()
+        self._limits = Http2Limits()
         self._host = host
         self._port = port
         self._sock = sock
@@ -51,11 +50,6 @@ class GrpcServer:
         except OSError as exc:
             where = f"{self._host}:{self._port}"
             raise OSError(f"could not bind the gRPC port {where}: {exc}") from None
-
-    @property
-    def port(self) -> int:
-        assert self._listener is not None
-        return int(self._listener.sockets[0].getsockname()[1])
 
     def _connect(self) -> Connection:
         connection = Connection(self._dispatcher, self._limits, self._connections.discard)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -15,13 +14,11 @@ from starlette.types import ASGIApp
 
 from modelport.core.errors import ModelportError
 from modelport.core.server import InferenceServer
+from modelport.frontends.rest.errors import error_answer
 from modelport.frontends.rest.infer_route import InferRoute
 from modelport.frontends.rest.tfserving import TFServingEndpoints
-from modelport.frontends.rest.v2 import V2Endpoints, error_response
-from modelport.frontends.status import http_status
+from modelport.frontends.rest.v2 import JSON, V2Endpoints, error_response
 from modelport.observability.metrics import Metrics
-
-log = logging.getLogger("modelport.rest")
 
 Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
 
@@ -48,9 +45,9 @@ def create_app(
         routes=routes,
         lifespan=lifespan or _no_lifespan,
         exception_handlers={
-            ModelportError: _modelport_error,
+            ModelportError: _error,
             HTTPException: _http_error,
-            Exception: _unexpected_error,
+            Exception: _error,
         },
     )
     return InferRoute(app, server, max_request_bytes)
@@ -61,16 +58,12 @@ async def _no_lifespan(app: Starlette) -> AsyncIterator[None]:
     yield
 
 
-async def _modelport_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ModelportError)
-    return error_response(exc.message, http_status(exc.kind))
+async def _error(request: Request, exc: Exception) -> Response:
+    """ModelportError and unexpected exceptions alike (the InferRoute answers the same way)."""
+    status, body = error_answer(exc, request.method, request.url.path)
+    return Response(body, status_code=status, media_type=JSON)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     return error_response(f"{exc.detail}: {request.method} {request.url.path}", exc.status_code)
-
-
-async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(f"internal error: {type(exc).__name__}", 500)

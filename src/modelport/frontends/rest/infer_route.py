@@ -8,22 +8,18 @@ the lifespan, go to the app as before. Errors take the same `{"error": ...}` sha
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import orjson
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelport.core.errors import InvalidInput, ModelportError, PayloadTooLarge
 from modelport.core.server import InferenceServer
 from modelport.frontends.compression import choose_encoding, decode_body, encode_body
+from modelport.frontends.rest.errors import error_answer, error_json
 from modelport.frontends.rest.v2_codec import decode_request, encode_response, parse_header_length
-from modelport.frontends.status import http_status
-
-log = logging.getLogger("modelport.rest")
 
 OFF_LOOP_BYTES = 256 * 1024
 LARGE_BODIES_AT_ONCE = 2
@@ -64,21 +60,17 @@ class InferRoute:
             await self._infer(*target, scope, receive, send)
         else:
             message = f"Method Not Allowed: {scope['method']} {scope['path']}"
-            await _send(send, 405, [*_JSON, (b"allow", b"POST")], _error(message))
+            await _send(send, 405, [*_JSON, (b"allow", b"POST")], error_json(message))
 
     async def _infer(
         self, name: str, version: str | None, scope: Scope, receive: Receive, send: Send
     ) -> None:
         try:
             status, headers, payload = await self._answer(name, version, scope, receive)
-        except ModelportError as exc:
-            status, headers, payload = http_status(exc.kind), _JSON, _error(exc.message)
         except ClientDisconnect:
             return
         except Exception as exc:
-            log.error("unexpected error on POST %s", scope["path"], exc_info=exc)
-            status, headers = 500, _JSON
-            payload = _error(f"internal error: {type(exc).__name__}")
+            (status, payload), headers = error_answer(exc, "POST", scope["path"]), _JSON
         await _send(send, status, headers, payload)
 
     async def _answer(
@@ -108,10 +100,11 @@ class InferRoute:
         headers = [_BINARY] if json_length is not None else list(_JSON)
         if json_length is not None:
             headers.append((b"inference-header-content-length", str(json_length).encode()))
-        encoding = choose_encoding(_text(fields, b"accept-encoding"))
-        if encoding is not None and len(payload) >= MIN_COMPRESSED_BYTES:
-            payload = encode_body(payload, encoding)
-            headers.append((b"content-encoding", encoding.encode()))
+        if len(payload) >= MIN_COMPRESSED_BYTES:
+            encoding = choose_encoding(_text(fields, b"accept-encoding"))
+            if encoding is not None:
+                payload = encode_body(payload, encoding)
+                headers.append((b"content-encoding", encoding.encode()))
         return 200, headers, payload
 
     async def _off_loop_if_large(
@@ -161,7 +154,3 @@ async def _send(
 def _text(fields: dict[bytes, bytes], name: bytes) -> str | None:
     value = fields.get(name)
     return None if value is None else value.decode("latin-1")
-
-
-def _error(message: str) -> bytes:
-    return orjson.dumps({"error": message})

@@ -11,7 +11,6 @@ what is accepted and every error message are orjson's.
 
 from __future__ import annotations
 
-import math
 import threading
 from typing import Any
 
@@ -20,6 +19,7 @@ import orjson
 import simdjson
 
 from modelport.core.errors import InvalidInput
+from modelport.core.validate import element_count
 
 FLOAT_DATATYPES = frozenset({"FP16", "FP32", "FP64"})
 REUSED_PARSER_BYTES = 1 << 20
@@ -108,7 +108,7 @@ def _flat_floats(data: Any, item: dict[str, Any]) -> bool:
     shape = item.get("shape")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         return False
-    return len(data) == math.prod(shape)
+    return len(data) == element_count(shape)
 
 
 def _plain(value: Any) -> Any:

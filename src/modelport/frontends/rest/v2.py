@@ -12,6 +12,7 @@ from starlette.routing import Route
 from modelport.core.errors import ErrorKind, InvalidInput, ModelportError
 from modelport.core.server import InferenceServer
 from modelport.frontends import model_control, triton_config
+from modelport.frontends.rest.errors import error_json
 from modelport.frontends.rest.infer_route import read_body as read_asgi_body
 from modelport.frontends.rest.request_json import parse_json_object
 
@@ -24,7 +25,7 @@ def json_response(content: object, status: int = 200) -> Response:
 
 
 def error_response(message: str, status: int) -> Response:
-    return json_response({"error": message}, status)
+    return Response(error_json(message), status_code=status, media_type=JSON)
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -141,15 +141,8 @@ def _from_json(name: str, datatype: DataType, shape: tuple[int, ...], data: obje
     if datatype is DataType.BYTES:
         return _json_strings(name, data, count).reshape(shape)
     target = datatype.numpy_dtype
-    if isinstance(data, np.ndarray):  # floating-point data, already parsed (request_json)
-        if data.size != count:
-            raise InvalidInput(
-                f"input '{name}': 'data' holds {data.size} elements but shape {list(shape)} "
-                f"needs {count}"
-            )
-        return data.astype(target).reshape(shape)
     try:
-        parsed = np.asarray(data)
+        parsed = np.asarray(data)  # floating-point data may come parsed already (request_json)
     except (ValueError, TypeError):
         raise InvalidInput(f"input '{name}': 'data' is not a regular (non-ragged) array") from None
     if parsed.size != count:

@@ -58,7 +58,7 @@ class Connection(asyncio.Protocol):
         self._recv_window = limits.connection_window
         self._recv_unacked = 0
         self._sender = Sender(self._write, self._local_end)
-        self._writes: list[bytes] = []
+        self._writes: list[bytes | memoryview] = []  # joined by _flush into one write
         self._flush_scheduled = False
         self._receiving = False
         self._goaway_sent = False  # by us: new streams are ignored
@@ -128,10 +128,10 @@ class Connection(asyncio.Protocol):
         if stream is not None:
             self._sender.headers(stream, block, end_stream)
 
-    def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+    def send_data(self, stream_id: int, data: bytes) -> None:
         stream = self._streams.get(stream_id)
         if stream is not None:
-            self._sender.data(stream, data, end_stream)
+            self._sender.data(stream, data)
 
     def send_trailers(self, stream_id: int, block: bytes) -> None:
         """Trailers end the stream, after any data still waiting for flow-control window."""
@@ -156,14 +156,6 @@ class Connection(asyncio.Protocol):
             self._write(f.window_update(stream_id, stream.recv_unacked))
             stream.recv_window += stream.recv_unacked
             stream.recv_unacked = 0
-
-    def reset_stream(self, stream_id: int, code: ErrorCode) -> None:
-        stream = self._streams.pop(stream_id, None)
-        if stream is None:
-            return
-        self._sender.forget(stream_id)
-        stream.wake()
-        self._send_reset(stream_id, code)
 
     async def writable(self, stream_id: int) -> None:
         """Wait while too much is queued for the stream (the peer's window is closed); returns
@@ -459,7 +451,7 @@ class Connection(asyncio.Protocol):
         self._write(f.rst_stream(stream_id, code))
         self._ids.reset(stream_id)
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes | memoryview) -> None:
         self._writes.append(data)
         if not self._receiving and not self._flush_scheduled:
             self._flush_scheduled = True

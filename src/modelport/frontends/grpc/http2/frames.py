@@ -81,8 +81,11 @@ class StreamFailure(Exception):
 
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes | memoryview = b"") -> bytes:
-    length = len(payload)
-    return HEADER.pack(length >> 16, length & 0xFFFF, kind, flags, stream_id) + payload
+    return frame_header(kind, flags, stream_id, len(payload)) + payload
+
+
+def frame_header(kind: int, flags: int, stream_id: int, length: int) -> bytes:
+    return HEADER.pack(length >> 16, length & 0xFFFF, kind, flags, stream_id)
 
 
 def settings(values: dict[Setting, int]) -> bytes:

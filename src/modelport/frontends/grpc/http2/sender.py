@@ -22,10 +22,16 @@ from modelport.frontends.grpc.http2.stream import Stream
 STREAM_SEND_BUFFER = 256 << 10
 """A streaming handler waits (Connection.writable) while more than this is queued for its stream:
 a peer that does not open its window cannot make the server buffer without bound."""
+SEPARATE_PAYLOAD_BYTES = 16 << 10
+"""DATA payloads this large are queued as views next to their frame header, not copied onto it.
+Smaller ones are joined to it: the transport's writelines over many small pieces measured 8-16 %
+slower than one joined write (mlp over gRPC at c=32)."""
 
 
 class Sender:
-    def __init__(self, write: Callable[[bytes], None], ended: Callable[[Stream], None]) -> None:
+    def __init__(
+        self, write: Callable[[bytes | memoryview], None], ended: Callable[[Stream], None]
+    ) -> None:
         self._write = write
         self._ended = ended  # called once a stream's END_STREAM is written
         self.window = f.DEFAULT_WINDOW  # the connection's send window
@@ -38,8 +44,9 @@ class Sender:
         if end_stream:
             self._ended(stream)
 
-    def data(self, stream: Stream, data: bytes, end_stream: bool = False) -> None:
-        stream.outbound.append((memoryview(data), end_stream))
+    def data(self, stream: Stream, data: bytes) -> None:
+        """Queue body bytes; a stream always ends with its trailers, after the last of them."""
+        stream.outbound.append(memoryview(data))
         stream.queued += len(data)
         self.pump(stream)
 
@@ -83,27 +90,26 @@ class Sender:
         """Send what the windows allow of the stream's data, then its trailers."""
         outbound = stream.outbound
         while outbound:
-            data, ends = outbound[0]
+            data = outbound[0]
             room = min(self.window, stream.send_window, self.frame_size)
             if room <= 0 and data:
                 self._blocked[stream.stream_id] = stream
                 if stream.queued < STREAM_SEND_BUFFER:
                     stream.wake()
                 return
-            piece, rest = data[:room], data[room:]  # views: a large answer is copied once
-            last = not rest and ends and len(outbound) == 1 and stream.trailers is None
-            flags = Flag.END_STREAM if last else 0
-            self._write(f.frame(FrameType.DATA, flags, stream.stream_id, piece))
+            piece, rest = data[:room], data[room:]
+            if len(piece) < SEPARATE_PAYLOAD_BYTES:
+                self._write(f.frame(FrameType.DATA, 0, stream.stream_id, piece))
+            else:  # a view, joined once with the rest of the flush: no copy of its own
+                self._write(f.frame_header(FrameType.DATA, 0, stream.stream_id, len(piece)))
+                self._write(piece)
             self.window -= len(piece)
             stream.send_window -= len(piece)
             stream.queued -= len(piece)
             if rest:
-                outbound[0] = (rest, ends)
+                outbound[0] = rest
             else:
                 outbound.popleft()
-            if last:
-                self._ended(stream)
-                return
         stream.wake()
         self._blocked.pop(stream.stream_id, None)
         if stream.trailers is not None:

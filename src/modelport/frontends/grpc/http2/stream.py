@@ -41,7 +41,7 @@ class Stream:
         self.recv_unacked = 0  # bytes the application took that the peer was not given back
         self.send_window = send_window
         self.remote_closed = False
-        self.outbound: deque[tuple[memoryview, bool]] = deque()  # (data, ends the stream)
+        self.outbound: deque[memoryview] = deque()  # body bytes the windows have not let out
         self.queued = 0  # bytes in `outbound`
         self.drained: asyncio.Future[None] | None = None  # a sender waiting for `queued` to fall
         self.trailers: bytes | None = None  # sent once `outbound` is empty
