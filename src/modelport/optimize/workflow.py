@@ -60,11 +60,14 @@ class Deployment:
 
     @classmethod
     def parse(cls, target: str | Path, **options: Any) -> Deployment:
+        """REPOSITORY/NAME; a repository that does not exist yet is created when deploying, as
+        `modelport deploy` does."""
         path = Path(target)
-        if not path.name or not path.parent.is_dir():
+        if not path.name:
+            raise OptimizeError(f"--deploy takes REPOSITORY/NAME; {str(target)!r} names no model")
+        if path.parent.exists() and not path.parent.is_dir():
             raise OptimizeError(
-                f"--deploy takes REPOSITORY/NAME with an existing repository directory; "
-                f"{path.parent} is not a directory"
+                f"--deploy takes REPOSITORY/NAME; the repository {path.parent} is not a directory"
             )
         return cls(path.parent, path.name, **options)
 
@@ -169,7 +172,8 @@ def assess(
 ) -> Report:
     """Measure the baseline (if any) and each candidate; the last candidate is the result.
     Files in `transient` are measured but not kept, so the report gives them no path."""
-    everything = ([(*baseline, {})] if baseline else []) + list(candidates)
+    everything: list[tuple[str, Path, dict[str, Any]]] = [(*baseline, {})] if baseline else []
+    everything += candidates
     task = progress.task("measuring", len(everything))
     variants = []
     for name, path, notes in everything:

@@ -5,6 +5,10 @@ instance in the server process. Runtimes that hold it (scikit-learn, plain Pytho
 starve the event loop that parses every request, so each instance is a worker process with its own
 copy of the model, and batches travel to it pickled. `runtime.executor` in config.yaml overrides
 the choice; benchmarks/runtimes.py measures it.
+
+A worker creates its runtime with the factory that created the server's (factories.py), so a
+registry's own runtimes work there too. What a worker raises comes back as a core error or a
+WorkerException, which the server process can always unpickle.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import hashlib
 import logging
 import multiprocessing
 import os
+import pickle
 import queue
 import signal
 import threading
@@ -23,10 +28,12 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+from modelport.core import errors
 from modelport.core.config import ModelConfig
 from modelport.core.errors import InferenceFailed, ModelLoadError, ModelportError
 from modelport.core.runtime import Arrays, LoadedModel, ModelHost, Runtime, Signature
-from modelport.core.stats import RunTime
+from modelport.core.stats import MovingAverage
+from modelport.runtimes.factories import FactoryRef, create, for_worker
 
 log = logging.getLogger("modelport.executor")
 
@@ -43,8 +50,15 @@ WARM_TIMEOUT_SECS = 300.0
 WARM_TASK_SECS = 0.05
 
 
-def host_model(runtime: Runtime, version_dir: Path, config: ModelConfig, label: str) -> ModelHost:
-    """Load a version's instances where its runtime should run them (blocking)."""
+def host_model(
+    runtime: Runtime,
+    factory: FactoryRef | None,
+    version_dir: Path,
+    config: ModelConfig,
+    label: str,
+) -> ModelHost:
+    """Load a version's instances where its runtime should run them (blocking). Worker
+    processes create their runtime with `factory`, the one that created `runtime`."""
     model_file = runtime.find_model_file(version_dir, config)
     if config.sha256 is not None:
         check_sha256(model_file, config.sha256)
@@ -52,7 +66,12 @@ def host_model(runtime: Runtime, version_dir: Path, config: ModelConfig, label: 
     if mode == "auto":
         mode = "thread" if runtime.capabilities.releases_gil else "process"
     if mode == "process":
-        return ProcessHost(runtime.platform, version_dir, config, label)
+        if factory is None:
+            raise ModelLoadError(
+                f"{label}: runtime '{runtime.platform}' was not created by the registry, so a "
+                "worker process cannot create it; set `runtime: {executor: thread}`"
+            )
+        return ProcessHost(for_worker(factory, runtime.platform), version_dir, config, label)
     copies = 1 if runtime.capabilities.thread_safe else config.instance_count
     models: list[LoadedModel] = []
     try:
@@ -105,7 +124,7 @@ class ThreadHost:
             for model in models:
                 self._free.put(model)
         self._infer = models[0].infer if self._free is None else self._borrowed
-        self._run_time = RunTime(INLINE_MAX_NS)  # on the threads until runs have been measured
+        self._run_time = MovingAverage(INLINE_MAX_NS)  # on the threads until measured
 
     def signature(self) -> Signature:
         return self._models[0].signature()
@@ -135,12 +154,15 @@ class ThreadHost:
 
 class ProcessHost:
     """Instances as worker processes (spawned, never forked: the server runs threads and gRPC),
-    each loading its own copy of the model. A worker that dies is replaced by a fresh pool."""
+    each loading its own copy of the model. A worker that dies is replaced by a fresh pool.
+
+    `factory` is a pickled runtime factory (factories.for_worker): unpickled inside the worker,
+    so a reference the worker cannot import fails the load with a message, not the pool."""
 
     kind = "process"
 
-    def __init__(self, platform: str, version_dir: Path, config: ModelConfig, label: str) -> None:
-        self._spec = (platform, str(version_dir), config)
+    def __init__(self, factory: bytes, version_dir: Path, config: ModelConfig, label: str) -> None:
+        self._spec = (factory, str(version_dir), config)
         self._instances = config.instance_count
         self._label = label
         self._lock = threading.Lock()
@@ -212,20 +234,58 @@ class ProcessHost:
 
 # ---- inside a worker process ---------------------------------------------------------------
 
+
+class WorkerException(Exception):
+    """An exception a model raised in a worker process, as the server process receives it when
+    its own type cannot travel: its type's name and message. That type may live in a module
+    only the worker has (a model.py), and a result the server cannot unpickle would break the
+    whole pool. The worker's traceback comes with it, as its __cause__."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(message)
+        self.original_type = type_name
+        """The name of the type it stands for, which the batcher reports (core/batcher.py)."""
+
+    def __reduce__(self) -> tuple[type[WorkerException], tuple[str, str]]:
+        return WorkerException, (self.original_type, str(self))
+
+
+def _portable(exc: Exception) -> Exception:
+    """`exc`, or what stands for it, as the server process can always unpickle it."""
+    if isinstance(exc, ModelportError):
+        return _core_error(exc)
+    if type(exc).__module__ == "builtins":
+        try:
+            pickle.loads(pickle.dumps(exc))
+        except Exception:  # an argument that does not pickle, say
+            pass
+        else:
+            return exc
+    return WorkerException(type(exc).__name__, str(exc))
+
+
+def _core_error(exc: ModelportError) -> ModelportError:
+    """`exc` as its nearest class in core.errors, with its kind and message: one the server
+    process can always unpickle (a subclass may live in a module only the worker has)."""
+    for cls in type(exc).__mro__:
+        if cls.__module__ == errors.__name__ and issubclass(cls, ModelportError):
+            return exc if cls is type(exc) else cls(exc.message)
+    raise AssertionError("ModelportError is in the MRO of every ModelportError")
+
+
 _worker_model: LoadedModel | None = None
 _worker_error: ModelportError | None = None
 
 
-def _worker_load(server: int, platform: str, version_dir: str, config: ModelConfig) -> None:
+def _worker_load(server: int, factory: bytes, version_dir: str, config: ModelConfig) -> None:
     global _worker_model, _worker_error
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when workers stop
     threading.Thread(target=_exit_with_parent, args=(server,), daemon=True).start()
-    from modelport.runtimes.registry import RuntimeRegistry
-
     try:
-        _worker_model = RuntimeRegistry().get(platform).load(Path(version_dir), config)
+        runtime = create(pickle.loads(factory))
+        _worker_model = runtime.load(Path(version_dir), config)
     except ModelportError as exc:
-        _worker_error = exc
+        _worker_error = _core_error(exc)
     except Exception as exc:
         _worker_error = ModelLoadError(f"{type(exc).__name__}: {exc}")
 
@@ -251,4 +311,10 @@ def _worker_signature() -> tuple[int, Signature]:
 
 
 def _worker_infer(inputs: Arrays, outputs: Outputs) -> tuple[Arrays, int]:
-    return _timed(_loaded().infer, inputs, outputs)
+    try:
+        return _timed(_loaded().infer, inputs, outputs)
+    except Exception as exc:
+        portable = _portable(exc)
+        if portable is exc:
+            raise
+        raise portable from exc

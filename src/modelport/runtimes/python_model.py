@@ -10,6 +10,9 @@ The class is the one named `Model`, or else the only class in the file with a `p
 Inputs arrive batched along the first dimension; BYTES tensors are object arrays of `bytes`, and
 outputs may be returned as bytes, str or numpy strings. Inputs and outputs come from config.yaml.
 Such code usually holds the GIL, so by default each instance is a worker process.
+
+To refuse a request, the code raises modelport.core.errors.InvalidInput (400, its message);
+executor.py keeps that kind across the worker boundary. Anything else it raises is a 500.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import importlib.util
 import inspect
 import re
 import sys
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,9 +76,7 @@ class PythonRuntime:
                 )
                 load(context) if inspect.signature(load).parameters else load()
         except Exception as exc:
-            raise ModelLoadError(
-                f"{path.name}: {cls.__name__} failed to load: {type(exc).__name__}: {exc}"
-            ) from None
+            raise ModelLoadError(_located(exc, path)) from None
         return PythonModel(instance, signature)
 
 
@@ -89,7 +91,7 @@ def _model_class(path: Path, name: str, version: str) -> type:
         spec.loader.exec_module(module)
     except Exception as exc:
         sys.modules.pop(module_name, None)
-        raise ModelLoadError(f"{path.name} raised {type(exc).__name__}: {exc}") from None
+        raise ModelLoadError(_located(exc, path)) from None
     finally:
         sys.path.remove(str(path.parent))
     named = getattr(module, CLASS_NAME, None)
@@ -107,6 +109,32 @@ def _model_class(path: Path, name: str, version: str) -> type:
             f"predict() method (found: {found})"
         )
     return candidates[0]
+
+
+def _located(exc: Exception, path: Path) -> str:
+    """One line for a load failure, where the model's own code raised it:
+    "model.py, line 12, in load: NameError: name 'x' is not defined". The traceback would be
+    mostly modelport's and the framework's frames; the reason keeps the user's innermost one."""
+    kind = type(exc).__name__
+    if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:  # the file did not compile
+        return f"{_shown(Path(exc.filename), path)}, line {exc.lineno}: {kind}: {exc.msg}"
+    what = f"{kind}: {exc}" if str(exc) else kind
+    frames = traceback.extract_tb(exc.__traceback__)
+    own = [frame for frame in frames if Path(frame.filename).is_relative_to(path.parent)]
+    if not own:
+        return f"{path.name}: {what}"
+    frame = own[-1]
+    where = "" if frame.name == "<module>" else f", in {frame.name}"
+    return f"{_shown(Path(frame.filename), path)}, line {frame.lineno}{where}: {what}"
+
+
+def _shown(filename: Path, path: Path) -> str:
+    """A file of the version by its path in the version directory (model.py, lib/util.py)."""
+    return (
+        str(filename.relative_to(path.parent))
+        if filename.is_relative_to(path.parent)
+        else str(filename)
+    )
 
 
 class PythonModel:

@@ -1,42 +1,36 @@
-"""Runtimes by platform name: the built-in ones plus the `modelport.runtimes` entry-point group."""
+"""Runtimes by platform name: the built-in ones plus the `modelport.runtimes` entry-point group.
+
+A factory is a callable returning a Runtime or a "module:qualname" reference to one (see
+factories.py); a runtime that runs in worker processes needs one that pickles.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from importlib import import_module
-from importlib.metadata import entry_points
+from collections.abc import Mapping
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 from modelport.core.config import ModelConfig
 from modelport.core.errors import ConfigError, MissingDependency
 from modelport.core.runtime import ModelHost, Runtime
 from modelport.runtimes.executor import host_model
+from modelport.runtimes.factories import FactoryRef, create
 
 log = logging.getLogger("modelport.runtimes")
 
 ENTRY_POINT_GROUP = "modelport.runtimes"
 
-RuntimeFactory = Callable[[], Runtime]
-
-
-def _builtin(module: str, cls: str) -> RuntimeFactory:
-    def factory() -> Runtime:
-        runtime: Runtime = getattr(import_module(f"modelport.runtimes.{module}"), cls)()
-        return runtime
-
-    return factory
-
-
-BUILTIN: dict[str, RuntimeFactory] = {
-    "onnx": _builtin("onnx", "OnnxRuntime"),
-    "torch": _builtin("torch_runtime", "TorchRuntime"),
-    "sklearn": _builtin("tabular", "SklearnRuntime"),
-    "xgboost": _builtin("tabular", "XGBoostRuntime"),
-    "lightgbm": _builtin("tabular", "LightGBMRuntime"),
-    "tensorflow": _builtin("tensorflow_runtime", "TensorFlowRuntime"),
-    "python": _builtin("python_model", "PythonRuntime"),
+BUILTIN: dict[str, FactoryRef] = {
+    "onnx": "modelport.runtimes.onnx:OnnxRuntime",
+    "torch": "modelport.runtimes.torch_runtime:TorchRuntime",
+    "sklearn": "modelport.runtimes.tabular:SklearnRuntime",
+    "xgboost": "modelport.runtimes.tabular:XGBoostRuntime",
+    "lightgbm": "modelport.runtimes.tabular:LightGBMRuntime",
+    "tensorflow": "modelport.runtimes.tensorflow_runtime:TensorFlowRuntime",
+    "python": "modelport.runtimes.python_model:PythonRuntime",
 }
+"""References, not classes: a platform's module (and framework) imports when a model needs it."""
 
 MODEL_FILES: dict[str, str] = {
     "model.onnx": "onnx",
@@ -61,7 +55,7 @@ _BY_SUFFIX = {Path(name).suffix: platform for name, platform in MODEL_FILES.item
 class RuntimeRegistry:
     """Creates runtimes on first use: optional frameworks import only when a model needs them."""
 
-    def __init__(self, factories: dict[str, RuntimeFactory] | None = None) -> None:
+    def __init__(self, factories: Mapping[str, FactoryRef] | None = None) -> None:
         self._factories = dict(BUILTIN if factories is None else factories)
         self._instances: dict[str, Runtime] = {}
         if factories is None:
@@ -72,7 +66,7 @@ class RuntimeRegistry:
             if point.name in self._factories:
                 log.warning("runtime %s from %s ignored: name taken", point.name, point.value)
                 continue
-            self._factories[point.name] = point.load
+            self._factories[point.name] = _reference(point)
 
     @property
     def platforms(self) -> list[str]:
@@ -88,7 +82,7 @@ class RuntimeRegistry:
                 f"unknown platform '{platform}' (available: {', '.join(self.platforms)})"
             )
         try:
-            runtime = factory()
+            runtime = create(factory)
         except ImportError as exc:
             extra = platform if platform in BUILTIN else None
             how = f"pip install 'modelport[{extra}]'" if extra else f"pip install {exc.name}"
@@ -135,4 +129,16 @@ class RuntimeRegistry:
     def host(
         self, runtime: Runtime, version_dir: Path, config: ModelConfig, label: str
     ) -> ModelHost:
-        return host_model(runtime, version_dir, config, label)
+        return host_model(runtime, self._factory_of(runtime), version_dir, config, label)
+
+    def _factory_of(self, runtime: Runtime) -> FactoryRef | None:
+        """The factory that created `runtime`, which worker processes create theirs with."""
+        for platform, created in self._instances.items():
+            if created is runtime:
+                return self._factories[platform]
+        return self._factories.get(runtime.platform)
+
+
+def _reference(point: EntryPoint) -> str:
+    """An entry point's object as a "module:qualname" reference (without its extras)."""
+    return f"{point.module}:{point.attr}" if point.attr else point.value

@@ -85,7 +85,8 @@ def _saved_model(path: Path, signature_name: str) -> TensorFlowModel:
     )
 
     def call(feed: dict[str, np.ndarray]) -> dict[str, Any]:
-        return function(**{name: tf.constant(array) for name, array in feed.items()})
+        result: dict[str, Any] = function(**{n: tf.constant(a) for n, a in feed.items()})
+        return result
 
     # keep `loaded` alive: the signature's variables belong to it
     return TensorFlowModel(call, Signature(inputs, outputs), owner=loaded)

@@ -73,14 +73,15 @@ def _set_threads(config: ModelConfig) -> None:
         torch.set_num_threads(config.runtime.intra_op_threads)
     if config.runtime.inter_op_threads:
         try:
-            torch.set_interop_threads(config.runtime.inter_op_threads)
+            torch.set_num_interop_threads(config.runtime.inter_op_threads)
         except RuntimeError:
             log.warning("torch inter-op threads can be set once per process; keeping the first")
 
 
 def _load_torchscript(path: Path, config: ModelConfig, device: torch.device) -> TorchModel:
     try:
-        module = torch.jit.load(str(path), map_location=device)
+        # torch.jit.load carries no annotations
+        module = torch.jit.load(str(path), map_location=device)  # type: ignore[no-untyped-call]
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())[:300]
         raise ModelLoadError(
