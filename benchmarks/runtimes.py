@@ -37,7 +37,7 @@ from rich.progress import Progress
 from rich.table import Table
 from server_process import Server
 
-from modelport.core.config import parse_config
+from modelport.repository.config_file import parse_config
 from modelport.runtimes.registry import RuntimeRegistry
 
 RESULTS = BENCH_DIR / "results"

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
+from modelport.core.data_plane import DataPlane
 from modelport.core.manager import ModelManager
-from modelport.core.server import InferenceServer
 from modelport.core.validate import Limits
 from modelport.frontends.grpc.server import GrpcServer
 from modelport.frontends.rest import create_app
@@ -32,7 +32,7 @@ EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics", "model_
 @dataclass(slots=True)
 class Application:
     settings: ServerSettings
-    server: InferenceServer
+    plane: DataPlane
     metrics: Metrics
     http: ASGIApp
 
@@ -49,7 +49,7 @@ def build(settings: ServerSettings, grpc_socket: socket.socket | None = None) ->
     metrics = Metrics(multiprocess=one_of_several)
     repository = LocalRepository(settings.repository)
     manager = ModelManager(repository, RuntimeRegistry(), metrics, limits)
-    server = InferenceServer(
+    plane = DataPlane(
         manager,
         extensions=EXTENSIONS,
         strict_readiness=settings.strict_readiness,
@@ -72,18 +72,18 @@ def build(settings: ServerSettings, grpc_socket: socket.socket | None = None) ->
         else:
             log.info("serving the model repository %s", settings.repository)
         grpc_server = GrpcServer(
-            server,
+            plane,
             settings.host,
             settings.grpc_port,
             max_message_bytes=settings.max_request_bytes,
             sock=grpc_socket,
         )
         if one_of_several:
-            await _load(server, poller)
+            await _load(plane, poller)
         await grpc_server.start()
         log.info("v2 gRPC on %s:%d", settings.host, settings.grpc_port)
         loading = asyncio.create_task(
-            _follow(server, poller, loaded=one_of_several), name="modelport-start"
+            _follow(plane, poller, loaded=one_of_several), name="modelport-start"
         )
         loading.add_done_callback(_report_loaded)
         try:
@@ -93,25 +93,25 @@ def build(settings: ServerSettings, grpc_socket: socket.socket | None = None) ->
             with contextlib.suppress(asyncio.CancelledError):
                 await loading
             await grpc_server.stop(grace=5)
-            await server.close()
+            await plane.close()
 
     http = create_app(
-        server, metrics, max_request_bytes=settings.max_request_bytes, lifespan=lifespan
+        plane, metrics, max_request_bytes=settings.max_request_bytes, lifespan=lifespan
     )
-    return Application(settings, server, metrics, http)
+    return Application(settings, plane, metrics, http)
 
 
-async def _load(server: InferenceServer, poller: RepositoryPoller | None) -> None:
+async def _load(plane: DataPlane, poller: RepositoryPoller | None) -> None:
     if poller is not None:
         await poller.snapshot()
-    await server.start()
+    await plane.start()
     log.info("the initial load has finished; the server is ready")
 
 
-async def _follow(server: InferenceServer, poller: RepositoryPoller | None, loaded: bool) -> None:
+async def _follow(plane: DataPlane, poller: RepositoryPoller | None, loaded: bool) -> None:
     """Load the repository (unless done), then in poll mode follow it until the server stops."""
     if not loaded:
-        await _load(server, poller)
+        await _load(plane, poller)
     if poller is not None:
         log.info("polling the model repository every %g s", poller.interval)
         await poller.run()

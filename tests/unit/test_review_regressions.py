@@ -82,4 +82,4 @@ def test_json_binary_flags_still_work() -> None:
         body(parameters={"binary_data_output": True}), None, guard(), "m", None
     )
     assert fmt.is_binary("x")
-    np.testing.assert_array_equal(request.inputs["x"], [[1.0]])
+    np.testing.assert_array_equal(request.request.inputs["x"], [[1.0]])

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from modelport.core.config import ModelConfig, parse_config
+from modelport.core.config import ModelConfig
 from modelport.core.errors import ConfigError, MissingDependency
 from modelport.core.pipeline import Pipeline
 from modelport.core.runtime import Capabilities
+from modelport.repository.config_file import parse_config
 from modelport.runtimes.registry import MODEL_FILES, RuntimeRegistry
 
 

@@ -63,7 +63,7 @@ def test_binary_numeric_round_trip(case: tuple[DataType, np.ndarray]) -> None:
     datatype, array = case
     body, length = binary_request(datatype, array, array.tobytes())
     request, output_format = decode_request(body, length, guard_for(datatype), "m", None)
-    decoded = request.inputs["x"]
+    decoded = request.request.inputs["x"]
     assert decoded.dtype == array.dtype
     np.testing.assert_array_equal(decoded, array)
     out, out_length = encode_response(InferResponse("m", "1", {"y": decoded}), output_format)
@@ -82,9 +82,9 @@ def test_binary_bytes_round_trip(items: list[bytes]) -> None:
     blob = b"".join(struct.pack("<I", len(item)) + item for item in items)
     body, length = binary_request(DataType.BYTES, array, blob)
     request, output_format = decode_request(body, length, guard_for(DataType.BYTES), "m", None)
-    assert list(request.inputs["x"].reshape(-1)) == items
+    assert list(request.request.inputs["x"].reshape(-1)) == items
     out, out_length = encode_response(
-        InferResponse("m", "1", {"y": request.inputs["x"]}), output_format
+        InferResponse("m", "1", {"y": request.request.inputs["x"]}), output_format
     )
     assert split_response(out, out_length)[1] == blob
 
@@ -96,10 +96,10 @@ def test_json_floats_nested_or_flat_and_json_output() -> None:
             {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 2], "data": data}]}
         ).encode()
         request, output_format = decode_request(body, None, guard, "m", "3")
-        assert request.model_version == "3"
-        np.testing.assert_array_equal(request.inputs["x"], [[1, 2.5], [3, 4]])
+        assert request.request.model_version == "3"
+        np.testing.assert_array_equal(request.request.inputs["x"], [[1, 2.5], [3, 4]])
         out, length = encode_response(
-            InferResponse("m", "3", {"y": request.inputs["x"]}, id="a"), output_format
+            InferResponse("m", "3", {"y": request.request.inputs["x"]}, id="a"), output_format
         )
         assert length is None
         assert json.loads(out) == {
@@ -126,7 +126,7 @@ def test_binary_input_is_a_view_of_the_body_not_a_copy() -> None:
     array = np.arange(6, dtype=np.float32).reshape(2, 3)
     body, length = binary_request(DataType.FP32, array, array.tobytes())
     request, _ = decode_request(body, length, guard_for(DataType.FP32), "m", None)
-    assert not request.inputs["x"].flags.owndata
+    assert not request.request.inputs["x"].flags.owndata
 
 
 @pytest.mark.parametrize(
@@ -163,7 +163,7 @@ def test_json_uint64_values_are_exact(data: list, ok: bool) -> None:
     guard = guard_for(DataType.UINT64)
     if ok:
         request, _ = decode_request(body, None, guard, "m", None)
-        assert request.inputs["x"].reshape(-1).tolist() == [int(v) for v in data]
+        assert request.request.inputs["x"].reshape(-1).tolist() == [int(v) for v in data]
     else:
         with pytest.raises(InvalidInput, match="integers in range"):
             decode_request(body, None, guard, "m", None)

@@ -32,7 +32,7 @@ from modelport.core.errors import (
     ModelportError,
     ServerBusy,
 )
-from modelport.core.stats import RunTime
+from modelport.core.stats import MovingAverage
 
 log = logging.getLogger("modelport.batcher")
 
@@ -91,7 +91,7 @@ class DynamicBatcher:
         self._instances = instances
         self._dispatched = 0  # batches handed to the host: running, or queued there
         self._slot_freed = asyncio.Event()
-        self._run_time = RunTime()
+        self._run_time = MovingAverage()
         self._queue: deque[_Pending] = deque()
         self._arrived = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
@@ -305,7 +305,9 @@ def _as_error(label: str, exc: Exception) -> ModelportError:
     if isinstance(exc, ModelportError):
         return exc
     log.error("%s raised while running", label, exc_info=exc)
-    return InferenceFailed(f"{label} failed: {exc}")
+    # the type a worker process's exception stands for, where it could not travel itself
+    kind = getattr(exc, "original_type", None) or type(exc).__name__
+    return InferenceFailed(f"{label} failed: {kind}: {exc}")
 
 
 def _fail(batch: list[_Pending], error: ModelportError) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -212,10 +211,13 @@ class ModelConfig(_Strict):
     pipeline: tuple[PipelineStep, ...] = ()
     """Other models run in order as one (Triton's ensembles); inputs/outputs are the pipeline's."""
 
+    def labels_of(self, version: int) -> list[str]:
+        return sorted(label for label, number in self.labels.items() if number == version)
+
     def routing(self, version: int) -> dict[str, Any]:
         """The labels naming a version and its traffic share, as index rows show them."""
         fields: dict[str, Any] = {}
-        labels = sorted(label for label, number in self.labels.items() if number == version)
+        labels = self.labels_of(version)
         if labels:
             fields["labels"] = labels
         if version in self.traffic:
@@ -300,16 +302,16 @@ def _check_pipeline(config: ModelConfig) -> None:
         raise ValueError(f"pipeline outputs {unproduced} are not written by any step")
 
 
-def parse_config(text: str, name: str, source: str = "the config") -> ModelConfig:
-    """A model config from YAML (or JSON, which YAML reads too); ValueError names the problem."""
-    if len(text) > MAX_CONFIG_BYTES:
-        raise ValueError(f"{source} is larger than {MAX_CONFIG_BYTES} bytes")
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{source} is not valid YAML or JSON: {exc}") from None
+def config_from_mapping(raw: object, name: str, source: str = "the config") -> ModelConfig:
+    """A model config from the mapping a config file holds; ValueError names the problem.
+
+    Reading the file's text (YAML, JSON, config.pbtxt) is the repository's job
+    (repository/config_file.py): the core sees mappings only."""
+    if raw is None:
+        raw = {}
     if not isinstance(raw, dict):
         raise ValueError(f"{source} must be a mapping, not {type(raw).__name__}")
+    raw = {**raw}
     raw.setdefault("name", name)
     if raw["name"] != name:
         raise ValueError(f"{source} names the model '{raw['name']}' but it is loaded as '{name}'")

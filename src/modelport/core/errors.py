@@ -89,3 +89,17 @@ class ConfigError(ModelLoadError):
 
 class MissingDependency(ModelLoadError):
     """A runtime needs an optional package that is not installed."""
+
+
+class InternalError(ModelportError):
+    """Something failed that is nobody's input: the client learns only that."""
+
+    kind = ErrorKind.INTERNAL
+
+
+def public_error(exc: BaseException) -> ModelportError:
+    """What a client is told of an exception, the same over every frontend: a ModelportError
+    as it is; of anything else only its type (the frontend logs the traceback)."""
+    if isinstance(exc, ModelportError):
+        return exc
+    return InternalError(f"internal error: {type(exc).__name__}")

@@ -14,10 +14,11 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from modelport.core.config import ModelConfig
 from modelport.core.errors import (
+    InvalidInput,
     LoadFailed,
     ModelLoadError,
     ModelNotFound,
@@ -29,12 +30,19 @@ from modelport.core.runtime import ModelHost, Runtime, Signature
 from modelport.core.signature import ServingSignature, resolve_signature
 from modelport.core.validate import InputGuard, Limits
 from modelport.core.versions import (
+    Batched,
+    Failed,
+    Loaded,
+    ModelHandle,
     ModelState,
     ModelVersion,
+    Planned,
+    Ready,
     VersionRecorder,
     apply_batching,
     build_scheduler,
 )
+from modelport.core.views import IndexRow
 
 log = logging.getLogger("modelport.models")
 
@@ -71,6 +79,11 @@ class ModelSource(Protocol):
         """Whether path (symlinks resolved) lies inside the source, so it may be opened."""
         ...
 
+    def parse_config(self, text: str, name: str) -> ModelConfig:
+        """A config given as text (a load request's), in the source's formats; ValueError
+        names the problem."""
+        ...
+
 
 class RuntimeResolver(Protocol):
     def runtime_for(self, version_dir: Path, config: ModelConfig) -> Runtime: ...
@@ -100,8 +113,12 @@ class ModelRecord:
     error: str = ""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    def ready_versions(self) -> list[ModelVersion]:
-        return [v for v in self.versions.values() if v.ready]
+    def ready_handles(self) -> dict[int, ModelHandle]:
+        return {
+            number: version.phase.handle
+            for number, version in self.versions.items()
+            if isinstance(version.phase, Ready)
+        }
 
 
 class ModelManager:
@@ -140,8 +157,15 @@ class ModelManager:
 
         await asyncio.gather(*(load(name) for name in names))
 
-    async def load(self, name: str, config: ModelConfig | None = None) -> None:
-        """Load or reload a model (the model control API); raises if a version failed."""
+    async def load(self, name: str, config_text: str | None = None) -> None:
+        """Load or reload a model (the model control API), optionally with a config given as
+        text; raises if a version failed."""
+        config = None
+        if config_text is not None:
+            try:
+                config = self._source.parse_config(config_text, name)
+            except ValueError as exc:
+                raise InvalidInput(str(exc)) from None
         failures = await self.sync(name, config)
         if failures:
             raise LoadFailed(f"model '{name}' failed to load: {'; '.join(failures)}")
@@ -171,7 +195,7 @@ class ModelManager:
             record.versions.clear()
             record.config = None
             record.error = "unloaded"
-            await asyncio.gather(*(self._retire(entry) for entry in retired))
+            await asyncio.gather(*(self._retire(version) for version in retired))
         log.info("model %s unloaded", name)
 
     async def remove(self, name: str) -> None:
@@ -196,24 +220,25 @@ class ModelManager:
             current = record.versions.get(number)
             fingerprint = definition.fingerprints.get(number, "")
             unchanged = current is not None and current.fingerprint == fingerprint
-            if unchanged and current.ready and not reload_all:
+            if unchanged and current is not None and current.ready and not reload_all:
                 continue
-            entry = ModelVersion(
+            version = ModelVersion(
                 record.name, number, definition.versions[number], config, fingerprint
             )
-            if current is None or not current.ready:
-                record.versions[number] = entry
-            self._set_state(entry, ModelState.LOADING, publish=current is None or not current.ready)
-            pending.append(entry)
+            visible = current is None or not current.ready
+            if visible:  # else the old load serves on, and owns the state gauge, until replaced
+                record.versions[number] = version
+            self._announce(version, ModelState.LOADING, visible)
+            pending.append(version)
 
-        for entry in pending:
-            await asyncio.to_thread(self._load_version, entry)
-            self._publish(record, entry)
+        for version in pending:
+            await asyncio.to_thread(self._load_version, version)
+            self._install(record, version)
 
         healthy = bool(chosen) and all(record.versions[n].ready for n in chosen)
         for number in [n for n in record.versions if n not in chosen]:
-            entry = record.versions[number]
-            if entry.ready and not healthy:
+            version = record.versions[number]
+            if version.ready and not healthy:
                 log.warning(
                     "model %s keeps serving version %d: the versions that replace it are not "
                     "all ready",
@@ -222,116 +247,129 @@ class ModelManager:
                 )
                 continue
             del record.versions[number]
-            await self._retire(entry, wait=False)
+            await self._retire(version, wait=False)
         if not chosen:
             log.error("model %s has no version to serve", record.name)
             return [record.error]
-        return [f"version {e.version}: {e.reason}" for e in pending if not e.ready]
+        return [f"version {v.number}: {v.reason}" for v in pending if not v.ready]
 
-    def _publish(self, record: ModelRecord, entry: ModelVersion) -> None:
+    def _install(self, record: ModelRecord, version: ModelVersion) -> None:
         """Put a freshly loaded version in place; a failed reload leaves the old one serving."""
-        current = record.versions.get(entry.version)
-        if current is entry or current is None:
-            record.versions[entry.version] = entry
-            self._set_state(entry, entry.state)
+        current = record.versions.get(version.number)
+        if current is version or current is None:
+            record.versions[version.number] = version
+            self._announce(version, version.state)
             return
-        if entry.ready:
-            record.versions[entry.version] = entry
-            current.state = ModelState.UNAVAILABLE  # silently: the new one owns the state gauge
-            self._retiring_task(current)
-            self._set_state(entry, ModelState.READY)
-        else:
-            current.reason = f"reloading failed, the previous load keeps serving: {entry.reason}"
+        if version.ready:
+            record.versions[version.number] = version
+            self._retiring_task(current)  # silently: the new load owns the state gauge
+            self._announce(version, ModelState.READY)
+            return
+        phase = current.phase
+        if isinstance(phase, Ready):
+            note = f"reloading failed, the previous load keeps serving: {version.reason}"
+            current.phase = Ready(phase.handle, note)
 
-    def _load_version(self, entry: ModelVersion) -> None:
-        if entry.config.pipeline:
-            self._load_pipeline(entry)
+    def _load_version(self, version: ModelVersion) -> None:
+        """Load one version (in a worker thread); it ends Ready or Failed."""
+        if version.config.pipeline:
+            self._load_pipeline(version)
             return
         host = None
         try:
-            runtime = self._runtimes.runtime_for(entry.path, entry.config)
-            model_file = runtime.find_model_file(entry.path, entry.config)
+            runtime = self._runtimes.runtime_for(version.path, version.config)
+            model_file = runtime.find_model_file(version.path, version.config)
             if model_file is not None and not self._source.contains(model_file):
                 raise ModelLoadError(f"{model_file.name} links outside the model repository")
-            label = f"{entry.name}-{entry.version}"
-            host = self._runtimes.host(runtime, entry.path, entry.config, label)
+            label = f"{version.name}-{version.number}"
+            host = self._runtimes.host(runtime, version.path, version.config, label)
             signature = apply_batching(
-                resolve_signature(host.signature(), entry.config), entry.config
+                resolve_signature(host.signature(), version.config), version.config
             )
         except Exception as exc:  # a runtime's own error too: report it, keep serving the rest
             if host is not None:
                 host.close()
-            reason = exc.message if isinstance(exc, ModelportError) else _describe(exc)
-            self._fail(entry, reason)
+            self._fail(version, exc.message if isinstance(exc, ModelportError) else _describe(exc))
             return
-        entry.platform = runtime.platform
-        entry.triton_platform = runtime.triton_platform
-        entry.host = host
-        self._ready(entry, signature)
-        entry.batcher = build_scheduler(entry, host, signature)
+        recorder = self._observer.recorder(version.name, version.label)
+        batcher = build_scheduler(version, host, signature, recorder)
+        self._ready(
+            version,
+            Loaded(
+                runtime.platform,
+                runtime.triton_platform,
+                signature,
+                self._guard(signature),
+                recorder,
+                Batched(host, batcher),
+            ),
+        )
         log.info(
             "model %s version %d is READY (%s, %d %s instance(s))",
-            entry.name,
-            entry.version,
+            version.name,
+            version.number,
             runtime.platform,
-            entry.config.instance_count,
+            version.config.instance_count,
             host.kind,
         )
 
-    def _load_pipeline(self, entry: ModelVersion) -> None:
+    def _load_pipeline(self, version: ModelVersion) -> None:
         try:  # declaring nothing: the tensors are the ones config.yaml lists
-            signature = resolve_signature(Signature((), ()), entry.config)
+            signature = resolve_signature(Signature((), ()), version.config)
         except ModelportError as exc:
-            self._fail(entry, exc.message)
+            self._fail(version, exc.message)
             return
-        entry.platform = "pipeline"
-        entry.triton_platform = "ensemble"
-        entry.pipeline = Pipeline(entry.name, entry.config)
-        self._ready(entry, signature)
-        steps = " -> ".join(step.model for step in entry.config.pipeline)
-        log.info("model %s version %d is READY (pipeline: %s)", entry.name, entry.version, steps)
+        recorder = self._observer.recorder(version.name, version.label)
+        pipeline = Pipeline(version.name, version.config)
+        loaded = Loaded(
+            "pipeline", "ensemble", signature, self._guard(signature), recorder, Planned(pipeline)
+        )
+        self._ready(version, loaded)
+        steps = " -> ".join(step.model for step in version.config.pipeline)
+        log.info("model %s version %d is READY (pipeline: %s)", version.name, version.number, steps)
 
-    def _ready(self, entry: ModelVersion, signature: ServingSignature) -> None:
-        entry.signature = signature
-        entry.guard = InputGuard(
+    def _guard(self, signature: ServingSignature) -> InputGuard:
+        return InputGuard(
             signature.inputs, signature.outputs, signature.max_batch_size, self._limits
         )
-        entry.recorder = self._observer.recorder(entry.name, entry.version_str)
-        entry.state = ModelState.READY
 
-    def _fail(self, entry: ModelVersion, reason: str) -> None:
-        entry.reason = reason
-        entry.state = ModelState.FAILED
-        log.error("model %s version %d failed to load: %s", entry.name, entry.version, reason)
+    def _ready(self, version: ModelVersion, loaded: Loaded) -> None:
+        version.phase = Ready(ModelHandle(version, loaded))
 
-    def _set_state(self, entry: ModelVersion, state: ModelState, *, publish: bool = True) -> None:
-        entry.state = state
-        if publish:
-            self._observer.model_state(entry.name, entry.version_str, state.value)
+    def _fail(self, version: ModelVersion, reason: str) -> None:
+        version.phase = Failed(reason)
+        log.error("model %s version %d failed to load: %s", version.name, version.number, reason)
 
-    async def _retire(self, entry: ModelVersion, *, wait: bool = True) -> None:
-        was_serving = entry.serving
-        self._set_state(entry, ModelState.UNAVAILABLE)
-        if not was_serving:
+    def _announce(self, version: ModelVersion, state: ModelState, visible: bool = True) -> None:
+        """Tell the observer the state a version is in (unless an older load of the same version
+        still serves and owns the gauge)."""
+        if visible:
+            self._observer.model_state(version.name, version.label, state.value)
+
+    async def _retire(self, version: ModelVersion, *, wait: bool = True) -> None:
+        loaded = version.retire()
+        self._announce(version, ModelState.UNAVAILABLE)
+        if loaded is None:
             return
-        task = self._retiring_task(entry)
+        task = self._retiring_task(version)
         if wait:
             await task
 
-    def _retiring_task(self, entry: ModelVersion) -> asyncio.Task[None]:
-        task = asyncio.create_task(self._drain_and_close(entry))
+    def _retiring_task(self, version: ModelVersion) -> asyncio.Task[None]:
+        version.retire()
+        task = asyncio.create_task(self._drain_and_close(version))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
         return task
 
-    async def _drain_and_close(self, entry: ModelVersion) -> None:
-        await entry.drained()
-        await entry.close()
-        log.info("model %s version %d unloaded", entry.name, entry.version)
+    async def _drain_and_close(self, version: ModelVersion) -> None:
+        await version.drained()
+        await version.close()
+        log.info("model %s version %d unloaded", version.name, version.number)
 
     # ---- finding what serves --------------------------------------------------------------
 
-    def resolve(self, name: str, version: str | None = None) -> ModelVersion:
+    def resolve(self, name: str, version: str | None = None) -> ModelHandle:
         """The version a request should run on; raises if it is unknown or not ready.
 
         `version` is a version number, a label from the model's config, or empty: then the
@@ -340,33 +378,39 @@ class ModelManager:
         record = self._records.get(name)
         if record is None:
             raise ModelNotFound(f"unknown model '{name}'")
-        if version in (None, ""):
+        if version is None or version == "":
             return self._route(record)
         number = _version_number(record, version)
-        entry = record.versions.get(number)
-        if entry is None:
+        found = record.versions.get(number)
+        if found is None:
             raise ModelNotFound(f"unknown version '{version}' of model '{name}'")
-        if not entry.ready:
-            detail = f": {entry.reason}" if entry.reason else ""
-            raise ModelNotReady(f"model '{name}' version {version} is {entry.state.value}{detail}")
-        return entry
+        phase = found.phase
+        if not isinstance(phase, Ready):
+            detail = f": {found.reason}" if found.reason else ""
+            raise ModelNotReady(f"model '{name}' version {version} is {found.state.value}{detail}")
+        return phase.handle
 
-    def _route(self, record: ModelRecord) -> ModelVersion:
-        ready = record.ready_versions()
+    def _route(self, record: ModelRecord) -> ModelHandle:
+        ready = record.ready_handles()
         if not ready:
             reason = f" ({record.error})" if record.error else _reasons(record.versions.values())
             raise ModelNotReady(f"model '{record.name}' has no ready version{reason}")
         config = record.config or _NO_CONFIG
-        weighted = [(v, config.traffic[v.version]) for v in ready if config.traffic.get(v.version)]
+        weighted = [
+            (handle, config.traffic[number])
+            for number, handle in ready.items()
+            if config.traffic.get(number)
+        ]
         if weighted:
-            versions, weights = zip(*weighted, strict=True)
-            return self._rng.choices(versions, weights)[0]
-        stable = record.versions.get(config.labels.get(STABLE, 0))
-        if stable is not None and stable.ready:
+            handles, weights = zip(*weighted, strict=True)
+            chosen: ModelHandle = self._rng.choices(handles, weights)[0]
+            return chosen
+        stable = ready.get(config.labels.get(STABLE, 0))
+        if stable is not None:
             return stable
-        return max(ready, key=lambda v: v.version)
+        return ready[max(ready)]
 
-    def find(self, name: str, version: str | None = None) -> ModelVersion | None:
+    def find(self, name: str, version: str | None = None) -> ModelHandle | None:
         """Like resolve, but returns None instead of raising when nothing is ready."""
         try:
             return self.resolve(name, version)
@@ -377,17 +421,17 @@ class ModelManager:
         record = self._records.get(name)
         if record is None:
             raise ModelNotFound(f"unknown model '{name}'")
-        return sorted(record.versions.values(), key=lambda v: v.version)
+        return sorted(record.versions.values(), key=lambda v: v.number)
 
     def all_versions(self) -> Iterable[ModelVersion]:
         for record in list(self._records.values()):
             yield from list(record.versions.values())
 
-    async def index(self) -> list[dict[str, Any]]:
+    async def index(self) -> list[IndexRow]:
         """One row per model version (and one per model with none, loaded or not), in Triton's
         shape, plus the labels and traffic share of each version."""
         on_disk = await asyncio.to_thread(self._source.model_names)
-        rows: list[dict[str, Any]] = []
+        rows: list[IndexRow] = []
         for name in sorted(set(self._records) | set(on_disk)):
             record = self._records.get(name)
             if record is None:
@@ -396,26 +440,31 @@ class ModelManager:
             if not record.versions:
                 rows.append({"name": name, "state": "UNAVAILABLE", "reason": record.error})
             config = record.config or _NO_CONFIG
-            for entry in sorted(record.versions.values(), key=lambda v: v.version):
-                row = {
+            for version in sorted(record.versions.values(), key=lambda v: v.number):
+                row: IndexRow = {
                     "name": name,
-                    "version": entry.version_str,
-                    "state": entry.state.value,
-                    "reason": entry.reason,
+                    "version": version.label,
+                    "state": version.state.value,
+                    "reason": version.reason,
                 }
-                rows.append(row | config.routing(entry.version))
+                labels = config.labels_of(version.number)
+                if labels:
+                    row["labels"] = labels
+                if version.number in config.traffic:
+                    row["traffic"] = config.traffic[version.number]
+                rows.append(row)
         return rows
 
     def failed(self) -> list[str]:
         names = [
-            f"{v.name}/{v.version}" for v in self.all_versions() if v.state is ModelState.FAILED
+            f"{v.name}/{v.number}" for v in self.all_versions() if v.state is ModelState.FAILED
         ]
         return names + [n for n, r in self._records.items() if r.error and r.error != "unloaded"]
 
     async def close(self) -> None:
-        for entry in list(self.all_versions()):
-            entry.state = ModelState.UNAVAILABLE
-            await entry.close()
+        for version in list(self.all_versions()):
+            version.retire()
+            await version.close()
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
 
@@ -450,18 +499,14 @@ def _describe(exc: Exception) -> str:
 
 
 def _reasons(versions: Iterable[ModelVersion]) -> str:
-    failed = [f"version {v.version}: {v.reason}" for v in versions if v.reason]
+    failed = [f"version {v.number}: {v.reason}" for v in versions if v.reason]
     return f" ({'; '.join(failed)})" if failed else ""
 
 
 __all__ = [
     "InferenceObserver",
     "ModelDefinition",
-    "ModelLoadError",
     "ModelManager",
     "ModelSource",
-    "ModelState",
-    "ModelVersion",
     "RuntimeResolver",
-    "VersionRecorder",
 ]

@@ -7,7 +7,31 @@ perf_analyzer to split latency into queue and compute time.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypedDict
+
+
+class DurationView(TypedDict):
+    count: int
+    ns: int
+
+
+class BatchStatistics(TypedDict):
+    batch_size: int
+    compute_input: DurationView
+    compute_infer: DurationView
+    compute_output: DurationView
+
+
+class ModelStatistics(TypedDict):
+    """One version's statistics in the shape of Triton's statistics extension."""
+
+    name: str
+    version: str
+    last_inference: int
+    inference_count: int
+    execution_count: int
+    inference_stats: dict[str, DurationView]
+    batch_stats: list[BatchStatistics]
 
 
 @dataclass(slots=True)
@@ -19,12 +43,12 @@ class Duration:
         self.count += 1
         self.ns += ns
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> DurationView:
         return {"count": self.count, "ns": self.ns}
 
 
 @dataclass(slots=True)
-class RunTime:
+class MovingAverage:
     """Moving average of one run's duration: each new run weighs 1/5, so a change in the
     model's speed shows within a few runs (what the batcher and the thread host decide on)."""
 
@@ -83,7 +107,7 @@ class VersionStats:
         self.last_inference_ms = now_ms
         self.fail.add(total_ns)
 
-    def as_triton(self, name: str, version: str) -> dict[str, Any]:
+    def as_triton(self, name: str, version: str) -> ModelStatistics:
         return {
             "name": name,
             "version": version,

@@ -42,11 +42,10 @@ class DataType(enum.StrEnum):
 
     @classmethod
     def parse(cls, name: object) -> DataType:
-        try:
+        if isinstance(name, str) and name in cls._value2member_map_:
             return cls(name)
-        except ValueError:
-            known = ", ".join(member.value for member in cls)
-            raise ValueError(f"unknown datatype {name!r} (expected one of {known})") from None
+        known = ", ".join(member.value for member in cls)
+        raise ValueError(f"unknown datatype {name!r} (expected one of {known})")
 
     @classmethod
     def from_numpy(cls, dtype: np.dtype[Any]) -> DataType:

@@ -1,20 +1,24 @@
 """Checks a request against a model's signature before any tensor buffer is allocated.
 
-Frontends call `InputGuard.check_header` with each input's declared name, datatype and shape as
-soon as they have parsed them, and decode the data only afterwards; `check_arrays` is the final
-check on decoded arrays, so callers that skip the header step are still safe.
+The one decode skeleton for every frontend: a frontend asks the version's `InputGuard` for a
+`RequestBuilder`, declares each input's name, datatype and shape as soon as it has parsed them
+(the guard checks them before the data is decoded), adds the decoded array, names the outputs it
+wants, and `finish()`es. Only the guard makes a `ValidatedRequest`, and the data plane runs
+nothing else: "validated" is a type, not a convention. Callers that hold decoded arrays already
+(pipelines, TF Serving's rows) use `InputGuard.validate`, the full check on arrays.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Final
 
 import numpy as np
 
 from modelport.core.errors import InvalidInput, PayloadTooLarge
-from modelport.core.types import DataType, TensorSpec
+from modelport.core.types import DataType, InferRequest, TensorSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +62,98 @@ def element_count(shape: Sequence[int]) -> int:
     return math.prod(shape)
 
 
+Shape = tuple[int, ...]
+
+_GUARD_ONLY: Final = object()
+"""Proof that a ValidatedRequest was made by this module (by an InputGuard)."""
+
+
+class ValidatedRequest:
+    """A request one model version's guard checked: names, datatypes, shapes, limits, batch
+    agreement, requested outputs. Made only by `RequestBuilder.finish` and `InputGuard.validate`."""
+
+    __slots__ = ("guard", "request")
+
+    def __init__(self, request: InferRequest, guard: InputGuard, proof: object) -> None:
+        if proof is not _GUARD_ONLY:
+            raise TypeError("a ValidatedRequest comes from InputGuard.builder() or .validate()")
+        self.request = request
+        self.guard = guard
+
+
+class RequestBuilder:
+    """Assembles one request input by input, checking each header before its data is decoded."""
+
+    __slots__ = ("_arrays", "_declared", "_guard", "_model", "_outputs", "_version")
+
+    def __init__(self, guard: InputGuard, model: str, version: str | None) -> None:
+        self._guard = guard
+        self._model = model
+        self._version = version
+        self._declared: dict[str, tuple[TensorSpec, tuple[int, ...]]] = {}
+        self._arrays: dict[str, np.ndarray] = {}
+        self._outputs: tuple[str, ...] | None = None
+
+    def declare(self, name: object, datatype: object, shape: object) -> tuple[TensorSpec, Shape]:
+        """Check one input's header; returns its spec and shape, for decoding its data."""
+        if not isinstance(name, str):
+            raise InvalidInput("each input needs a string 'name'")
+        if name in self._declared:
+            raise InvalidInput(f"input '{name}' appears more than once")
+        spec, dims = self._guard.checked_header(name, datatype, shape)
+        self._declared[name] = spec, dims
+        return spec, dims
+
+    def add(self, name: str, array: np.ndarray) -> None:
+        """The decoded data of a declared input; it must have the declared shape and type."""
+        declared = self._declared.get(name)
+        if declared is None:
+            raise InvalidInput(f"input '{name}' was not declared before its data")
+        spec, dims = declared
+        if array.shape != dims or array.dtype != spec.datatype.numpy_dtype:
+            raise InvalidInput(
+                f"input '{name}': decoded to {array.dtype} {list(array.shape)}, not the declared "
+                f"{spec.datatype.value} {list(dims)}"
+            )
+        self._arrays[name] = array
+
+    def want_outputs(self, names: Iterable[str]) -> None:
+        """The outputs asked for, in order, each once; none named means all of them."""
+        wanted = tuple(dict.fromkeys(names))
+        self._guard.check_outputs(wanted)
+        self._outputs = wanted or None
+
+    def finish(
+        self,
+        *,
+        request_id: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        deadline: float | None = None,
+    ) -> ValidatedRequest:
+        """The request, once every input is there; `deadline` (seconds, e.g. gRPC's) caps the
+        `timeout` parameter."""
+        missing = set(self._declared).difference(self._arrays)
+        if missing:
+            raise InvalidInput(f"input(s) declared without data: {', '.join(sorted(missing))}")
+        if not self._arrays:
+            raise InvalidInput("the request has no inputs")
+        self._guard.check_complete(self._arrays)
+        params = dict(parameters or {})
+        timeout = timeout_from_microseconds(params.get("timeout"))
+        if deadline is not None:
+            timeout = deadline if timeout is None else min(deadline, timeout)
+        request = InferRequest(
+            model_name=self._model,
+            inputs=self._arrays,
+            model_version=self._version,
+            outputs=self._outputs,
+            id=request_id,
+            parameters=params,
+            timeout=timeout,
+        )
+        return ValidatedRequest(request, self._guard, _GUARD_ONLY)
+
+
 class InputGuard:
     """A model version's inputs, outputs and limits, and the checks requests must pass."""
 
@@ -75,6 +171,12 @@ class InputGuard:
 
     def check_header(self, name: str, datatype: object, shape: object) -> TensorSpec:
         """Validate one input's declared name, datatype and shape; returns its spec."""
+        return self.checked_header(name, datatype, shape)[0]
+
+    def checked_header(
+        self, name: str, datatype: object, shape: object
+    ) -> tuple[TensorSpec, Shape]:
+        """check_header, returning the spec and the parsed shape."""
         spec = self.inputs.get(name)
         if spec is None:
             expected = ", ".join(sorted(self.inputs))
@@ -97,7 +199,7 @@ class InputGuard:
                 f"input '{name}': a dimension of shape {list(dims)} exceeds the limit of "
                 f"{self.limits.max_tensor_elements} elements"
             )
-        return spec
+        return spec, dims
 
     def _check_dims(self, spec: TensorSpec, dims: tuple[int, ...]) -> None:
         expected = list(spec.shape)
@@ -138,6 +240,18 @@ class InputGuard:
         self.check_complete(arrays)
         for name, array in arrays.items():
             self.check_header(name, _datatype_of(name, array), list(array.shape))
+
+    def builder(self, model: str, version: str | None) -> RequestBuilder:
+        return RequestBuilder(self, model, version)
+
+    def validate(self, request: InferRequest) -> ValidatedRequest:
+        """A request whose arrays are decoded already, checked in full."""
+        if not request.inputs:
+            raise InvalidInput("the request has no inputs")
+        self.check_arrays(request.inputs)
+        if request.outputs is not None:
+            self.check_outputs(request.outputs)
+        return ValidatedRequest(request, self, _GUARD_ONLY)
 
 
 def _datatype_of(name: str, array: np.ndarray) -> str:

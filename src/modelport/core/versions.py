@@ -1,7 +1,12 @@
-"""One model version: its state, its loaded model and scheduler, and the count of requests in it.
+"""One model version and the phase it is in, each phase carrying exactly its own data.
 
-A version is built LOADING, becomes READY or FAILED once, and when retired turns UNAVAILABLE:
-it takes no new requests, and is closed only after the requests already in it have finished.
+    Loading --> Ready(loaded) --> Draining(loaded) --> Unloaded
+        \\--> Failed(reason)
+
+A version starts Loading; a load ends Ready (with the loaded model, its scheduler, guard and
+recorder) or Failed (with the reason). When retired it turns Draining: it takes no new requests,
+and is closed only after the requests already in it have finished, ending Unloaded. The wire
+states (Triton's) are LOADING, READY, UNAVAILABLE (draining or unloaded) and FAILED.
 """
 
 from __future__ import annotations
@@ -41,36 +46,97 @@ class VersionRecorder(Protocol):
     def in_flight(self, delta: int) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Batched:
+    """A model file's version: its instances and the batcher that feeds them."""
+
+    host: ModelHost
+    batcher: DynamicBatcher
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """A pipeline's version: a plan over other models, run step by step through the plane."""
+
+    pipeline: Pipeline
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """Everything a READY version serves with."""
+
+    platform: str
+    triton_platform: str
+    signature: ServingSignature
+    guard: InputGuard
+    recorder: VersionRecorder
+    work: Batched | Planned
+
+
+@dataclass(frozen=True, slots=True)
+class Loading:
+    state = ModelState.LOADING
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    handle: ModelHandle
+    note: str = ""
+    """Why a newer load of the same version is not serving (the old load serves on)."""
+    state = ModelState.READY
+
+
+@dataclass(frozen=True, slots=True)
+class Draining:
+    loaded: Loaded
+    state = ModelState.UNAVAILABLE
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    reason: str
+    state = ModelState.FAILED
+
+
+@dataclass(frozen=True, slots=True)
+class Unloaded:
+    state = ModelState.UNAVAILABLE
+
+
+Phase = Loading | Ready | Draining | Failed | Unloaded
+
+
 @dataclass(slots=True, eq=False)
 class ModelVersion:
     name: str
-    version: int
+    number: int
     path: Path
     config: ModelConfig
     fingerprint: str = ""
     """The version directory's file listing (names, sizes, times) when it was read."""
-    state: ModelState = ModelState.LOADING
-    reason: str = ""
-    platform: str = ""
-    triton_platform: str = ""
-    host: ModelHost | None = None
-    """Where the loaded model runs; None for a pipeline, which runs other models."""
-    pipeline: Pipeline | None = None
-    signature: ServingSignature | None = None
-    guard: InputGuard | None = None
-    recorder: VersionRecorder | None = None
-    batcher: DynamicBatcher | None = None
+    phase: Phase = field(default_factory=Loading)
     stats: VersionStats = field(default_factory=VersionStats)
     in_flight: int = 0
     _idle: asyncio.Event | None = None
 
     @property
-    def version_str(self) -> str:
-        return str(self.version)
+    def label(self) -> str:
+        return str(self.number)
+
+    @property
+    def state(self) -> ModelState:
+        return self.phase.state
+
+    @property
+    def reason(self) -> str:
+        phase = self.phase
+        if isinstance(phase, Failed):
+            return phase.reason
+        return phase.note if isinstance(phase, Ready) else ""
 
     @property
     def ready(self) -> bool:
-        return self.state is ModelState.READY
+        return isinstance(self.phase, Ready)
 
     def enter(self) -> None:
         """A request starts using this version (called on the event loop, right after the
@@ -88,19 +154,76 @@ class ModelVersion:
             self._idle = asyncio.Event()
             await self._idle.wait()
 
-    @property
-    def serving(self) -> bool:
-        """Whether anything was loaded that must be drained and closed."""
-        return self.host is not None or self.pipeline is not None
+    def retire(self) -> Loaded | None:
+        """Take no new requests; returns what must be drained and closed, if anything."""
+        phase = self.phase
+        if isinstance(phase, Ready):
+            phase = self.phase = Draining(phase.handle.loaded)
+        if isinstance(phase, Draining):
+            return phase.loaded
+        self.phase = Unloaded()
+        return None
 
     async def close(self) -> None:
         """Stop the scheduler and release the model (after drained())."""
-        if self.batcher is not None:
-            await self.batcher.close()
-        host = self.host
-        self.batcher = self.host = self.pipeline = None
-        if host is not None:
-            await asyncio.to_thread(host.close)
+        phase = self.phase
+        self.phase = Unloaded()
+        if isinstance(phase, Ready):
+            work = phase.handle.loaded.work
+        elif isinstance(phase, Draining):
+            work = phase.loaded.work
+        else:
+            return
+        if isinstance(work, Batched):
+            await work.batcher.close()
+            await asyncio.to_thread(work.host.close)
+
+
+class ModelHandle:
+    """A READY model version as frontends see it: what they need to decode and answer requests
+    for it, and nothing they could change. Made once per load; the data plane runs it."""
+
+    __slots__ = ("loaded", "target")
+
+    def __init__(self, target: ModelVersion, loaded: Loaded) -> None:
+        self.target = target
+        """The version this handle runs on (the data plane's business, not a frontend's)."""
+        self.loaded = loaded
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+    @property
+    def version(self) -> str:
+        """The version number as the protocols write it ("1")."""
+        return self.target.label
+
+    @property
+    def platform(self) -> str:
+        return self.loaded.platform
+
+    @property
+    def triton_platform(self) -> str:
+        return self.loaded.triton_platform
+
+    @property
+    def signature(self) -> ServingSignature:
+        return self.loaded.signature
+
+    @property
+    def guard(self) -> InputGuard:
+        return self.loaded.guard
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.target.config
+
+    @property
+    def serving(self) -> bool:
+        """Whether this load still takes requests (False once it was retired or replaced)."""
+        phase = self.target.phase
+        return isinstance(phase, Ready) and phase.handle is self
 
 
 def apply_batching(signature: ServingSignature, config: ModelConfig) -> ServingSignature:
@@ -118,19 +241,21 @@ def apply_batching(signature: ServingSignature, config: ModelConfig) -> ServingS
 
 
 def build_scheduler(
-    entry: ModelVersion, host: ModelHost, signature: ServingSignature
+    version: ModelVersion,
+    host: ModelHost,
+    signature: ServingSignature,
+    recorder: VersionRecorder,
 ) -> DynamicBatcher:
     """The batcher that queues this version's requests and hands batches to its host."""
-    config = entry.config
+    config = version.config
     batching = config.dynamic_batching
-    stats, recorder = entry.stats, entry.recorder
-    assert recorder is not None
+    stats = version.stats
 
     def executed(batch_size: int, infer_ns: int) -> None:
         stats.record_execution(batch_size=batch_size, infer_ns=infer_ns)
         recorder.execution(batch_size)
 
-    label = f"model '{entry.name}' version {entry.version}"
+    label = f"model '{version.name}' version {version.number}"
     return DynamicBatcher(
         label,
         host.run,

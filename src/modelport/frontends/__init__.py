@@ -1,1 +1,1 @@
-"""Frontends translate wire formats into InferenceServer calls and back; they decide nothing."""
+"""Frontends translate wire formats into DataPlane calls and back; they decide nothing."""

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelport.core.config import ModelConfig, parse_config
 from modelport.core.errors import InvalidInput
 
 
-def load_config(name: str, parameters: dict[str, Any]) -> ModelConfig | None:
-    """The config a load request brings along (`config`: YAML or JSON text), if any."""
+def load_config(parameters: dict[str, Any]) -> str | None:
+    """The config text a load request brings along (`config`: YAML or JSON), if any; the data
+    plane has it parsed by the repository, which knows the config formats."""
     for key in parameters:
         if key.startswith("file:"):
             raise InvalidInput(
@@ -19,14 +19,9 @@ def load_config(name: str, parameters: dict[str, Any]) -> ModelConfig | None:
         if key != "config":
             raise InvalidInput(f"unknown load parameter '{key}' (known: config)")
     text = parameters.get("config")
-    if text is None:
-        return None
-    if not isinstance(text, str):
+    if text is not None and not isinstance(text, str):
         raise InvalidInput("the load parameter 'config' must be a string of YAML or JSON")
-    try:
-        return parse_config(text, name, "the load request's config")
-    except ValueError as exc:
-        raise InvalidInput(str(exc)) from None
+    return text
 
 
 def check_unload_parameters(parameters: dict[str, Any]) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from modelport.core.data_plane import ModelHandle
 from modelport.core.types import TensorSpec
-from modelport.core.versions import ModelVersion
 
 _BACKENDS = {
     "onnxruntime_onnx": "onnxruntime",
@@ -15,19 +15,18 @@ _BACKENDS = {
 }
 
 
-def model_config(entry: ModelVersion) -> dict[str, Any]:
+def model_config(handle: ModelHandle) -> dict[str, Any]:
     """The config in Triton's shape: dims exclude the batch dimension when max_batch_size > 0."""
-    assert entry.signature is not None
-    batch = entry.signature.max_batch_size
+    batch = handle.signature.max_batch_size
 
     def dims(spec: TensorSpec) -> list[int]:
         return list(spec.shape[1:] if batch > 0 else spec.shape)
 
     config: dict[str, Any] = {
-        "name": entry.name,
-        "platform": entry.triton_platform,
-        "backend": _BACKENDS.get(entry.triton_platform, entry.platform),
-        "version_policy": entry.config.version_policy.as_triton(),
+        "name": handle.name,
+        "platform": handle.triton_platform,
+        "backend": _BACKENDS.get(handle.triton_platform, handle.platform),
+        "version_policy": handle.config.version_policy.as_triton(),
         "max_batch_size": batch,
         "input": [
             {
@@ -39,7 +38,7 @@ def model_config(entry: ModelVersion) -> dict[str, Any]:
                 "allow_ragged_batch": False,
                 "optional": False,
             }
-            for spec in entry.signature.inputs
+            for spec in handle.signature.inputs
         ],
         "output": [
             {
@@ -49,27 +48,29 @@ def model_config(entry: ModelVersion) -> dict[str, Any]:
                 "label_filename": "",
                 "is_shape_tensor": False,
             }
-            for spec in entry.signature.outputs
+            for spec in handle.signature.outputs
         ],
         "instance_group": [
-            {"name": f"{entry.name}_0", "kind": "KIND_CPU", "count": entry.config.instance_count}
+            {"name": f"{handle.name}_0", "kind": "KIND_CPU", "count": handle.config.instance_count}
         ],
-        "default_model_filename": entry.config.default_model_filename or "",
+        "default_model_filename": handle.config.default_model_filename or "",
         "parameters": {},
     }
-    if entry.config.pipeline:
+    if handle.config.pipeline:
         config["ensemble_scheduling"] = {
             "step": [
                 {
                     "model_name": step.model,
-                    "model_version": int(step.version) if (step.version or "").isdigit() else -1,
+                    "model_version": int(step.version)
+                    if step.version and step.version.isdigit()
+                    else -1,
                     "input_map": dict(step.inputs),
                     "output_map": dict(step.outputs),
                 }
-                for step in entry.config.pipeline
+                for step in handle.config.pipeline
             ]
         }
-    batching = entry.config.dynamic_batching
+    batching = handle.config.dynamic_batching
     if batching is not None:
         config["dynamic_batching"] = {
             "preferred_batch_size": list(batching.preferred_batch_sizes),

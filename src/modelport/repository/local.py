@@ -6,9 +6,10 @@ import hashlib
 import logging
 from pathlib import Path
 
-from modelport.core.config import MAX_CONFIG_BYTES, ModelConfig, parse_config
+from modelport.core.config import MAX_CONFIG_BYTES, ModelConfig
 from modelport.core.errors import ModelNotFound
 from modelport.core.manager import ModelDefinition
+from modelport.repository.config_file import parse_config
 from modelport.repository.paths import VERSION_DIR, inside, is_model_name, model_dir
 from modelport.repository.triton_pbtxt import PbtxtError, parse_pbtxt, to_model_config
 
@@ -55,6 +56,10 @@ class LocalRepository:
             # A pipeline has no files of its own; Triton wants an empty 1/, we do not.
             versions, fingerprints = {1: directory}, {1: fingerprint(directory)}
         return ModelDefinition(name, config, versions, None, fingerprints)
+
+    def parse_config(self, text: str, name: str) -> ModelConfig:
+        """A config a load request carries, in the same formats as config.yaml."""
+        return parse_config(text, name, "the load request's config")
 
     def model_fingerprint(self, name: str) -> str:
         """A digest of everything in the model's directory that a load reads; "" if it is gone."""

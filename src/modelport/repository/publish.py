@@ -21,9 +21,10 @@ from typing import Any
 
 import yaml
 
-from modelport.core.config import ModelConfig, parse_config
+from modelport.core.config import ModelConfig
 from modelport.core.errors import ModelNotFound
 from modelport.core.manager import STABLE
+from modelport.repository.config_file import parse_config
 from modelport.repository.local import CONFIG_FILE
 from modelport.repository.paths import VERSION_DIR, model_dir
 from modelport.runtimes.registry import MODEL_FILES

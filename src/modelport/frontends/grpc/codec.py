@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from modelport.core.errors import InvalidInput
-from modelport.core.types import DataType, InferRequest, InferResponse
-from modelport.core.validate import (
-    InputGuard,
-    element_count,
-    integers_fit,
-    timeout_from_microseconds,
-)
+from modelport.core.types import DataType, InferResponse
+from modelport.core.validate import InputGuard, ValidatedRequest, element_count, integers_fit
 from modelport.frontends.grpc.generated import inference_pb2 as pb
 from modelport.frontends.raw_tensors import from_raw, to_raw
+
+MessageT = TypeVar("MessageT", bound=Message)
 
 # The typed `contents` field that carries each datatype (FP16 has none: it travels raw only).
 _CONTENTS_FIELD = {
@@ -36,44 +35,36 @@ _CONTENTS_FIELD = {
 
 
 def decode_request(
-    message: pb.ModelInferRequest, guard: InputGuard, model: str, version: str | None
-) -> InferRequest:
+    message: pb.ModelInferRequest,
+    guard: InputGuard,
+    model: str,
+    version: str | None,
+    deadline: float | None = None,
+) -> ValidatedRequest:
     raw = message.raw_input_contents
     if raw and len(raw) != len(message.inputs):
         raise InvalidInput(
             f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs"
         )
-    if not message.inputs:
-        raise InvalidInput("the request has no inputs")
-    arrays: dict[str, np.ndarray] = {}
+    builder = guard.builder(model, version)
     for index, tensor in enumerate(message.inputs):
         name = tensor.name
-        if name in arrays:
-            raise InvalidInput(f"input '{name}' appears more than once")
-        spec = guard.check_header(name, tensor.datatype, list(tensor.shape))
-        shape = tuple(tensor.shape)
+        spec, shape = builder.declare(name, tensor.datatype, list(tensor.shape))
         if raw:
             if tensor.HasField("contents"):
                 raise InvalidInput(
                     f"input '{name}' has typed contents but the request also carries "
                     "raw_input_contents; use one or the other"
                 )
-            arrays[name] = from_raw(name, spec.datatype, shape, raw[index])
+            builder.add(name, from_raw(name, spec.datatype, shape, raw[index]))
         else:
-            arrays[name] = _from_contents(name, spec.datatype, shape, tensor.contents)
-    guard.check_complete(arrays)
-    wanted = tuple(dict.fromkeys(output.name for output in message.outputs)) or None
-    if wanted is not None:
-        guard.check_outputs(wanted)
-    parameters = parameter_values(message.parameters)
-    return InferRequest(
-        model_name=model,
-        model_version=version,
-        inputs=arrays,
-        outputs=wanted,
-        id=message.id or None,
-        parameters=parameters,
-        timeout=timeout_from_microseconds(parameters.get("timeout")),
+            builder.add(name, _from_contents(name, spec.datatype, shape, tensor.contents))
+    if message.outputs:
+        builder.want_outputs(output.name for output in message.outputs)
+    return builder.finish(
+        request_id=message.id or None,
+        parameters=parameter_values(message.parameters),
+        deadline=deadline,
     )
 
 
@@ -121,6 +112,6 @@ def encode_response(response: InferResponse) -> pb.ModelInferResponse:
     return message
 
 
-def from_dict(document: dict[str, Any], message: Any) -> Any:
+def from_dict(document: Mapping[str, object], message: MessageT) -> MessageT:
     """Fill a message from the same dictionaries the REST frontend serves (not the hot path)."""
     return json_format.ParseDict(document, message, ignore_unknown_fields=True)

@@ -24,7 +24,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
-from modelport.core.errors import ModelportError
+from modelport.core.errors import ModelportError, public_error
 from modelport.frontends.compression import decode_body
 from modelport.frontends.grpc.http2.connection import Connection
 from modelport.frontends.grpc.http2.frames import STATUS_200, hpack_literal, hpack_status
@@ -310,11 +310,12 @@ class Call:
                 return None
             if end - pos - 5 < size:
                 break
-            message: bytes | None = bytes(view[pos + 5 : pos + 5 + size])
+            message = bytes(view[pos + 5 : pos + 5 + size])
             if compressed:
-                message = self._decompress(message)
-                if message is None:
+                decompressed = self._decompress(message)
+                if decompressed is None:
                     return None
+                message = decompressed
             pos += 5 + size
             self._messages.append(message)
             self._queued_bytes += len(message)
@@ -456,9 +457,9 @@ class Call:
 
 
 def _status_of(exc: Exception) -> tuple[Status, str]:
-    if isinstance(exc, ModelportError):
-        return Status[grpc_code_name(exc.kind)], exc.message
     if isinstance(exc, RpcError):
         return exc.status, exc.message
-    log.error("unexpected error in a gRPC call", exc_info=exc)
-    return Status.INTERNAL, f"internal error: {type(exc).__name__}"
+    if not isinstance(exc, ModelportError):
+        log.error("unexpected error in a gRPC call", exc_info=exc)
+    error = public_error(exc)
+    return Status[grpc_code_name(error.kind)], error.message

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import socket
 
-from modelport.core.server import InferenceServer
+from modelport.core.data_plane import DataPlane
 from modelport.frontends.grpc.generated import inference_pb2 as pb
 from modelport.frontends.grpc.http2.connection import Connection
 from modelport.frontends.grpc.http2.limits import Http2Limits
@@ -21,7 +21,7 @@ SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 class GrpcServer:
     def __init__(
         self,
-        server: InferenceServer,
+        plane: DataPlane,
         host: str,
         port: int,
         *,
@@ -29,7 +29,7 @@ class GrpcServer:
         sock: socket.socket | None = None,
     ) -> None:
         """`sock`: an already listening socket (shared by several workers) instead of binding."""
-        methods = service_methods(InferenceServicer(server), SERVICE)
+        methods = service_methods(InferenceServicer(plane), SERVICE)
         self._dispatcher = Dispatcher(methods, max_message_bytes)
         self._limits = Http2Limits()
         self._host = host

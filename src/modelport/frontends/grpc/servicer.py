@@ -1,15 +1,15 @@
-"""The v2 gRPC service: one method per RPC, each translating and calling InferenceServer."""
+"""The v2 gRPC service: one method per RPC, each translating and calling the DataPlane."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from modelport.core.errors import ModelportError
-from modelport.core.server import InferenceServer
+from modelport.core.data_plane import DataPlane
+from modelport.core.errors import ModelportError, public_error
+from modelport.core.validate import InputGuard, ValidatedRequest
 from modelport.frontends import model_control, triton_config
 from modelport.frontends.grpc import codec
 from modelport.frontends.grpc.generated import inference_pb2 as pb
@@ -29,70 +29,69 @@ class InferenceServicer:
     """Errors are raised as ModelportError; frontends/grpc/rpc.py turns them into status codes.
     Methods the proto declares but this class lacks answer UNIMPLEMENTED."""
 
-    def __init__(self, server: InferenceServer) -> None:
-        self.server = server
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: CallContext
     ) -> pb.ServerLiveResponse:
-        return pb.ServerLiveResponse(live=self.server.live())
+        return pb.ServerLiveResponse(live=self.plane.live())
 
     async def ServerReady(
         self, request: pb.ServerReadyRequest, context: CallContext
     ) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.server.ready())
+        return pb.ServerReadyResponse(ready=self.plane.ready())
 
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: CallContext
     ) -> pb.ModelReadyResponse:
-        found = self.server.manager.find(request.name, request.version or None)
-        return pb.ModelReadyResponse(ready=found is not None)
+        return pb.ModelReadyResponse(
+            ready=self.plane.is_ready(request.name, request.version or None)
+        )
 
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: CallContext
     ) -> pb.ServerMetadataResponse:
-        return codec.from_dict(self.server.metadata(), pb.ServerMetadataResponse())
+        return codec.from_dict(self.plane.metadata(), pb.ServerMetadataResponse())
 
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: CallContext
     ) -> pb.ModelMetadataResponse:
-        document = self.server.model_metadata(request.name, request.version or None)
+        document = self.plane.model_metadata(request.name, request.version or None)
         return codec.from_dict(document, pb.ModelMetadataResponse())
 
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: CallContext
     ) -> pb.ModelConfigResponse:
-        entry = self.server.model(request.name, request.version or None)
-        config = codec.from_dict(triton_config.model_config(entry), pb.ModelConfig())
+        handle = self.plane.resolve(request.name, request.version or None)
+        config = codec.from_dict(triton_config.model_config(handle), pb.ModelConfig())
         return pb.ModelConfigResponse(config=config)
 
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: CallContext
     ) -> pb.ModelStatisticsResponse:
-        stats = self.server.statistics(request.name or None, request.version or None)
+        stats = self.plane.statistics(request.name or None, request.version or None)
         return codec.from_dict({"model_stats": stats}, pb.ModelStatisticsResponse())
 
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: CallContext
     ) -> pb.RepositoryIndexResponse:
-        rows = await self.server.manager.index()
-        if request.ready:
-            rows = [row for row in rows if row["state"] == "READY"]
+        rows = await self.plane.repository_index(ready_only=request.ready)
         return codec.from_dict({"models": rows}, pb.RepositoryIndexResponse())
 
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: CallContext
     ) -> pb.RepositoryModelLoadResponse:
         parameters = codec.parameter_values(request.parameters)
-        config = model_control.load_config(request.model_name, parameters)
-        await self.server.load_model(request.model_name, config)
+        config_text = model_control.load_config(parameters)
+        await self.plane.load_model(request.model_name, config_text)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: CallContext
     ) -> pb.RepositoryModelUnloadResponse:
         model_control.check_unload_parameters(codec.parameter_values(request.parameters))
-        await self.server.unload_model(request.model_name)
+        await self.plane.unload_model(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     async def ModelInfer(
@@ -103,18 +102,12 @@ class InferenceServicer:
     async def _infer(
         self, request: pb.ModelInferRequest, deadline: float | None = None
     ) -> pb.ModelInferResponse:
-        started = time.perf_counter_ns()
-        version = request.model_version or None
-        entry = self.server.model(request.model_name, version)
-        assert entry.guard is not None
-        try:
-            infer_request = codec.decode_request(request, entry.guard, request.model_name, version)
-            if deadline is not None:
-                infer_request.timeout = min(deadline, infer_request.timeout or deadline)
-        except ModelportError as exc:
-            self.server.record_rejected(entry, exc, started)
-            raise
-        response = await self.server.infer(infer_request, entry)
+        name, version = request.model_name, request.model_version or None
+
+        def decode(guard: InputGuard) -> ValidatedRequest:
+            return codec.decode_request(request, guard, name, version, deadline)
+
+        response = await self.plane.infer(self.plane.resolve(name, version), decode)
         return codec.encode_response(response)
 
     async def ModelStreamInfer(
@@ -128,17 +121,11 @@ class InferenceServicer:
         async def run_one(request: pb.ModelInferRequest) -> None:
             try:
                 reply = pb.ModelStreamInferResponse(infer_response=await self._infer(request))
-            except ModelportError as exc:
-                reply = pb.ModelStreamInferResponse(
-                    error_message=exc.message,
-                    infer_response=pb.ModelInferResponse(
-                        model_name=request.model_name, id=request.id
-                    ),
-                )
             except Exception as exc:
-                log.exception("unexpected error in ModelStreamInfer")
+                if not isinstance(exc, ModelportError):
+                    log.exception("unexpected error in ModelStreamInfer")
                 reply = pb.ModelStreamInferResponse(
-                    error_message=f"internal error: {type(exc).__name__}",
+                    error_message=public_error(exc).message,
                     infer_response=pb.ModelInferResponse(
                         model_name=request.model_name, id=request.id
                     ),

@@ -12,10 +12,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from modelport.core.data_plane import DataPlane
 from modelport.core.errors import ModelportError
-from modelport.core.server import InferenceServer
 from modelport.frontends.rest.errors import error_answer
-from modelport.frontends.rest.infer_route import InferRoute
+from modelport.frontends.rest.infer_route import InferFastPath
+from modelport.frontends.rest.off_loop import OffLoop
 from modelport.frontends.rest.tfserving import TFServingEndpoints
 from modelport.frontends.rest.v2 import JSON, V2Endpoints, error_response
 from modelport.observability.metrics import Metrics
@@ -24,14 +25,15 @@ Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
 
 
 def create_app(
-    server: InferenceServer,
+    plane: DataPlane,
     metrics: Metrics,
     *,
     max_request_bytes: int,
     lifespan: Lifespan | None = None,
 ) -> ASGIApp:
-    v2 = V2Endpoints(server)
-    tfserving = TFServingEndpoints(server, max_request_bytes)
+    off_loop = OffLoop()
+    v2 = V2Endpoints(plane)
+    tfserving = TFServingEndpoints(plane, max_request_bytes, off_loop)
 
     async def render_metrics(request: Request) -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
@@ -50,7 +52,7 @@ def create_app(
             Exception: _error,
         },
     )
-    return InferRoute(app, server, max_request_bytes)
+    return InferFastPath(app, plane, max_request_bytes, off_loop)
 
 
 @asynccontextmanager
@@ -59,7 +61,7 @@ async def _no_lifespan(app: Starlette) -> AsyncIterator[None]:
 
 
 async def _error(request: Request, exc: Exception) -> Response:
-    """ModelportError and unexpected exceptions alike (the InferRoute answers the same way)."""
+    """ModelportError and unexpected exceptions alike (the infer fast path answers the same way)."""
     status, body = error_answer(exc, request.method, request.url.path)
     return Response(body, status_code=status, media_type=JSON)
 

@@ -6,7 +6,7 @@ import logging
 
 import orjson
 
-from modelport.core.errors import ModelportError
+from modelport.core.errors import ModelportError, public_error
 from modelport.frontends.status import http_status
 
 log = logging.getLogger("modelport.rest")
@@ -18,7 +18,7 @@ def error_json(message: str) -> bytes:
 
 def error_answer(exc: Exception, method: str, path: str) -> tuple[int, bytes]:
     """A ModelportError's status and message; anything else is logged and answers 500."""
-    if isinstance(exc, ModelportError):
-        return http_status(exc.kind), error_json(exc.message)
-    log.error("unexpected error on %s %s", method, path, exc_info=exc)
-    return 500, error_json(f"internal error: {type(exc).__name__}")
+    if not isinstance(exc, ModelportError):
+        log.error("unexpected error on %s %s", method, path, exc_info=exc)
+    error = public_error(exc)
+    return http_status(error.kind), error_json(error.message)

@@ -7,25 +7,24 @@ the lifespan, go to the app as before. Errors take the same `{"error": ...}` sha
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
-from typing import Any, TypeVar
-
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from modelport.core.errors import InvalidInput, ModelportError, PayloadTooLarge
-from modelport.core.server import InferenceServer
+from modelport.core.data_plane import DataPlane
+from modelport.core.errors import InvalidInput, PayloadTooLarge
+from modelport.core.validate import InputGuard, ValidatedRequest
 from modelport.frontends.compression import choose_encoding, decode_body, encode_body
 from modelport.frontends.rest.errors import error_answer, error_json
-from modelport.frontends.rest.v2_codec import decode_request, encode_response, parse_header_length
+from modelport.frontends.rest.off_loop import OffLoop
+from modelport.frontends.rest.v2_codec import (
+    OutputFormat,
+    decode_request,
+    encode_response,
+    parse_header_length,
+)
 
-OFF_LOOP_BYTES = 256 * 1024
-LARGE_BODIES_AT_ONCE = 2
 MIN_COMPRESSED_BYTES = 1024
 """Smaller responses go out uncompressed even when the client accepts gzip: no gain, only CPU."""
-Result = TypeVar("Result")
 _JSON = [(b"content-type", b"application/json")]
 _BINARY = (b"content-type", b"application/octet-stream")
 
@@ -45,12 +44,16 @@ def infer_target(path: str) -> tuple[str, str | None] | None:
     return model, version
 
 
-class InferRoute:
-    def __init__(self, app: ASGIApp, server: InferenceServer, max_request_bytes: int) -> None:
+class InferFastPath:
+    """ASGI middleware: answers infer requests itself and passes everything else to `app`."""
+
+    def __init__(
+        self, app: ASGIApp, plane: DataPlane, max_request_bytes: int, off_loop: OffLoop
+    ) -> None:
         self._app = app
-        self._server = server
+        self._plane = plane
         self._limit = max_request_bytes
-        self._large_bodies = asyncio.Semaphore(LARGE_BODIES_AT_ONCE)
+        self._off_loop = off_loop
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         target = infer_target(scope["path"]) if scope["type"] == "http" else None
@@ -76,25 +79,27 @@ class InferRoute:
     async def _answer(
         self, name: str, version: str | None, scope: Scope, receive: Receive
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        started = time.perf_counter_ns()
-        entry = self._server.model(name, version)
-        assert entry.guard is not None
+        handle = self._plane.resolve(name, version)
         fields = dict(scope["headers"])  # ASGI servers lowercase header names
-        try:
+        output_format = OutputFormat()
+
+        async def decode(guard: InputGuard) -> ValidatedRequest:
+            nonlocal output_format
             body = await read_body(receive, fields.get(b"content-length"), self._limit)
             body = decode_body(body, _text(fields, b"content-encoding"), self._limit)
             header_length = parse_header_length(
                 _text(fields, b"inference-header-content-length"), len(body)
             )
-            request, output_format = await self._off_loop_if_large(
-                len(body), decode_request, body, header_length, entry.guard, name, version
-            )
-        except ModelportError as exc:
-            self._server.record_rejected(entry, exc, started)
-            raise
-        response = await self._server.infer(request, entry)
+            args = (body, header_length, guard, name, version)
+            if self._off_loop.is_large(len(body)):
+                request, output_format = await self._off_loop.run(decode_request, *args)
+            else:
+                request, output_format = decode_request(*args)
+            return request
+
+        response = await self._plane.infer(handle, decode)
         size = sum(array.nbytes for array in response.outputs.values())
-        payload, json_length = await self._off_loop_if_large(
+        payload, json_length = await self._off_loop.run_if_large(
             size, encode_response, response, output_format
         )
         headers = [_BINARY] if json_length is not None else list(_JSON)
@@ -106,16 +111,6 @@ class InferRoute:
                 payload = encode_body(payload, encoding)
                 headers.append((b"content-encoding", encoding.encode()))
         return 200, headers, payload
-
-    async def _off_loop_if_large(
-        self, size: int, function: Callable[..., Result], *args: Any
-    ) -> Result:
-        """Small bodies are decoded inline (a thread hop would cost more than the work); large
-        ones in a worker thread, a few at a time, so one big request cannot stall the others."""
-        if size < OFF_LOOP_BYTES:
-            return function(*args)
-        async with self._large_bodies:
-            return await asyncio.to_thread(function, *args)
 
 
 async def read_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:

@@ -86,7 +86,7 @@ def _input(item: Any) -> Any:
     out = {key: _plain(item[key]) for key in item.keys() if key != "data"}  # noqa: SIM118
     if "data" in item:
         data = item["data"]
-        if _flat_floats(data, out):
+        if isinstance(data, simdjson.Array) and _flat_floats(data, out):
             try:
                 values = np.frombuffer(data.as_buffer(of_type="d"), dtype=np.float64)
             except (TypeError, ValueError):
@@ -98,12 +98,13 @@ def _input(item: Any) -> Any:
     return out
 
 
-def _flat_floats(data: Any, item: dict[str, Any]) -> bool:
+def _flat_floats(data: simdjson.Array, item: dict[str, Any]) -> bool:
     """A floating-point input whose data looks like one flat array of the shape's element count.
     Nested arrays take the plain path, where numpy checks they are regular: as_buffer flattens
     whatever it is given, so the caller also checks it returned as many numbers as the array
     has elements."""
-    if not isinstance(data, simdjson.Array) or item.get("datatype") not in FLOAT_DATATYPES:
+    datatype = item.get("datatype")  # any JSON value: a list is unhashable
+    if not isinstance(datatype, str) or datatype not in FLOAT_DATATYPES:
         return False
     shape = item.get("shape")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):

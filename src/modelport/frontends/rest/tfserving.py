@@ -18,10 +18,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from modelport.core.data_plane import DataPlane, ModelHandle, ModelState, VersionStatus
 from modelport.core.errors import InvalidInput
-from modelport.core.server import InferenceServer
 from modelport.core.types import DataType, InferRequest, TensorSpec
-from modelport.core.versions import ModelState, ModelVersion
+from modelport.core.validate import InputGuard, ValidatedRequest
+from modelport.frontends.rest.off_loop import OffLoop
 from modelport.frontends.rest.request_json import parse_json_object
 from modelport.frontends.rest.v2 import json_response, read_body
 
@@ -50,9 +51,10 @@ SIGNATURE = "serving_default"
 
 
 class TFServingEndpoints:
-    def __init__(self, server: InferenceServer, max_request_bytes: int) -> None:
-        self.server = server
+    def __init__(self, plane: DataPlane, max_request_bytes: int, off_loop: OffLoop) -> None:
+        self.plane = plane
         self.max_request_bytes = max_request_bytes
+        self._off_loop = off_loop
 
     def routes(self) -> list[Route]:
         routes = []
@@ -68,48 +70,43 @@ class TFServingEndpoints:
     async def status(self, request: Request) -> Response:
         name = request.path_params["model"]
         wanted = _requested(request)
-        versions = self.server.manager.versions(name)
-        if wanted is not None:
-            versions = [self.server.model(name, wanted)]
-        return json_response({"model_version_status": [_status(v) for v in versions]})
+        if wanted is None:
+            statuses = self.plane.version_statuses(name)
+        else:
+            handle = self.plane.resolve(name, wanted)
+            statuses = [VersionStatus(handle.version, ModelState.READY, "")]
+        return json_response({"model_version_status": [_status(s) for s in statuses]})
 
     async def metadata(self, request: Request) -> Response:
         name = request.path_params["model"]
-        entry = self.server.model(name, _requested(request))
-        assert entry.signature is not None
+        handle = self.plane.resolve(name, _requested(request))
         signature = {
-            "inputs": {spec.name: _tensor_info(spec) for spec in entry.signature.inputs},
-            "outputs": {spec.name: _tensor_info(spec) for spec in entry.signature.outputs},
+            "inputs": {spec.name: _tensor_info(spec) for spec in handle.signature.inputs},
+            "outputs": {spec.name: _tensor_info(spec) for spec in handle.signature.outputs},
             "method_name": "tensorflow/serving/predict",
         }
         return json_response(
             {
-                "model_spec": {"name": name, "signature_name": "", "version": entry.version_str},
+                "model_spec": {"name": name, "signature_name": "", "version": handle.version},
                 "metadata": {"signature_def": {"signature_def": {SIGNATURE: signature}}},
             }
         )
 
     async def predict(self, request: Request) -> Response:
-        name = request.path_params["model"]
-        entry = self.server.model(name, _requested(request))
-        document = parse_json_object(await read_body(request, self.max_request_bytes))
-        signature_name = document.get("signature_name", SIGNATURE)
-        if signature_name != SIGNATURE:
-            raise InvalidInput(
-                f"model '{name}' has only the signature '{SIGNATURE}', not '{signature_name}'"
+        name, wanted = request.path_params["model"], _requested(request)
+        handle = self.plane.resolve(name, wanted)
+        row_format = False
+
+        async def decode(guard: InputGuard) -> ValidatedRequest:
+            nonlocal row_format
+            body = await read_body(request, self.max_request_bytes)
+            decoded = await self._off_loop.run_if_large(
+                len(body), _decode_predict, body, handle, guard, wanted
             )
-        row_format = "instances" in document
-        if row_format == ("inputs" in document):
-            raise InvalidInput("the request needs exactly one of 'instances' or 'inputs'")
-        assert entry.signature is not None
-        specs = {spec.name: spec for spec in entry.signature.inputs}
-        if row_format:
-            inputs = _from_rows(document["instances"], specs)
-        else:
-            inputs = _from_columns(document["inputs"], specs)
-        response = await self.server.infer(
-            InferRequest(model_name=name, model_version=entry.version_str, inputs=inputs)
-        )
+            row_format, validated = decoded
+            return validated
+
+        response = await self.plane.infer(handle, decode)
         outputs = {key: _jsonable(value) for key, value in response.outputs.items()}
         if row_format:
             body: dict[str, Any] = {"predictions": _to_rows(outputs)}
@@ -118,18 +115,40 @@ class TFServingEndpoints:
         return Response(orjson.dumps(body), media_type="application/json")
 
 
+def _decode_predict(
+    body: bytes, handle: ModelHandle, guard: InputGuard, version: str | None
+) -> tuple[bool, ValidatedRequest]:
+    """A predict body -> (whether it used the row format, the validated request)."""
+    document = parse_json_object(body)
+    signature_name = document.get("signature_name", SIGNATURE)
+    if signature_name != SIGNATURE:
+        raise InvalidInput(
+            f"model '{handle.name}' has only the signature '{SIGNATURE}', not '{signature_name}'"
+        )
+    row_format = "instances" in document
+    if row_format == ("inputs" in document):
+        raise InvalidInput("the request needs exactly one of 'instances' or 'inputs'")
+    specs = {spec.name: spec for spec in handle.signature.inputs}
+    if row_format:
+        inputs = _from_rows(document["instances"], specs)
+    else:
+        inputs = _from_columns(document["inputs"], specs)
+    request = InferRequest(model_name=handle.name, model_version=version, inputs=inputs)
+    return row_format, guard.validate(request)
+
+
 def _requested(request: Request) -> str | None:
     return request.path_params.get("version") or request.path_params.get("label")
 
 
-def _status(entry: ModelVersion) -> dict[str, Any]:
-    failed = entry.state is ModelState.FAILED
+def _status(status: VersionStatus) -> dict[str, Any]:
+    failed = status.state is ModelState.FAILED
     return {
-        "version": entry.version_str,
-        "state": _STATE[entry.state],
+        "version": status.version,
+        "state": _STATE[status.state],
         "status": {
             "error_code": "UNKNOWN" if failed else "OK",
-            "error_message": entry.reason if failed else "",
+            "error_message": status.reason if failed else "",
         },
     }
 

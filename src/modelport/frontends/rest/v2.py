@@ -9,8 +9,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from modelport.core.data_plane import DataPlane
 from modelport.core.errors import ErrorKind, InvalidInput, ModelportError
-from modelport.core.server import InferenceServer
 from modelport.frontends import model_control, triton_config
 from modelport.frontends.rest.errors import error_json
 from modelport.frontends.rest.infer_route import read_body as read_asgi_body
@@ -37,11 +37,11 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 class V2Endpoints:
-    """Everything under /v2 except infer, which `infer_route.InferRoute` answers in front of
+    """Everything under /v2 except infer, which `infer_route.InferFastPath` answers in front of
     the routing table."""
 
-    def __init__(self, server: InferenceServer) -> None:
-        self.server = server
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
 
     def routes(self) -> list[Route]:
         model = "/v2/models/{model}"
@@ -68,21 +68,21 @@ class V2Endpoints:
         return json_response({"live": True})
 
     async def ready(self, request: Request) -> Response:
-        if self.server.ready():
+        if self.plane.ready():
             return json_response({"ready": True})
         return json_response({"ready": False, "error": "the server is not ready"}, 400)
 
     async def metadata(self, request: Request) -> Response:
-        return json_response(self.server.metadata())
+        return json_response(self.plane.metadata())
 
     async def model_metadata(self, request: Request) -> Response:
-        name, version = _model_params(request)
-        return json_response(self.server.model_metadata(name, version))
+        name, version = _model_path(request)
+        return json_response(self.plane.model_metadata(name, version))
 
     async def model_ready(self, request: Request) -> Response:
-        name, version = _model_params(request)
+        name, version = _model_path(request)
         try:
-            self.server.model(name, version)
+            self.plane.resolve(name, version)
         except ModelportError as exc:
             if exc.kind is ErrorKind.NOT_FOUND:
                 raise
@@ -90,30 +90,28 @@ class V2Endpoints:
         return json_response({"name": name, "ready": True})
 
     async def model_config(self, request: Request) -> Response:
-        name, version = _model_params(request)
-        return json_response(triton_config.model_config(self.server.model(name, version)))
+        name, version = _model_path(request)
+        return json_response(triton_config.model_config(self.plane.resolve(name, version)))
 
     async def statistics(self, request: Request) -> Response:
         name, version = _model_params(request)
-        return json_response({"model_stats": self.server.statistics(name, version)})
+        return json_response({"model_stats": self.plane.statistics(name, version)})
 
     async def repository_index(self, request: Request) -> Response:
         body = await read_body(request, 64 * 1024)
         options = parse_json_object(body) if body.strip() else {}
-        rows = await self.server.manager.index()
-        if options.get("ready") is True:
-            rows = [row for row in rows if row["state"] == "READY"]
+        rows = await self.plane.repository_index(ready_only=options.get("ready") is True)
         return json_response(rows)
 
     async def load_model(self, request: Request) -> Response:
         name = request.path_params["model"]
-        config = model_control.load_config(name, await _parameters(request))
-        await self.server.load_model(name, config)
+        config_text = model_control.load_config(await _parameters(request))
+        await self.plane.load_model(name, config_text)
         return json_response({})
 
     async def unload_model(self, request: Request) -> Response:
         model_control.check_unload_parameters(await _parameters(request))
-        await self.server.unload_model(request.path_params["model"])
+        await self.plane.unload_model(request.path_params["model"])
         return json_response({})
 
 
@@ -125,6 +123,11 @@ async def _parameters(request: Request) -> dict[str, Any]:
     if not isinstance(parameters, dict):
         raise InvalidInput("'parameters' must be a JSON object")
     return parameters
+
+
+def _model_path(request: Request) -> tuple[str, str | None]:
+    params = request.path_params
+    return params["model"], params.get("version")
 
 
 def _model_params(request: Request) -> tuple[str | None, str | None]:

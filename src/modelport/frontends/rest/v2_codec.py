@@ -15,12 +15,13 @@ import numpy as np
 import orjson
 
 from modelport.core.errors import InferenceFailed, InvalidInput
-from modelport.core.types import DataType, InferRequest, InferResponse
+from modelport.core.types import DataType, InferResponse
 from modelport.core.validate import (
     InputGuard,
+    RequestBuilder,
+    ValidatedRequest,
     element_count,
     integers_fit,
-    timeout_from_microseconds,
 )
 from modelport.frontends.raw_tensors import from_raw, to_raw
 from modelport.frontends.rest.request_json import parse_request
@@ -55,7 +56,8 @@ def parse_header_length(value: str | None, body_length: int) -> int | None:
 
 def decode_request(
     body: bytes, header_length: int | None, guard: InputGuard, model: str, version: str | None
-) -> tuple[InferRequest, OutputFormat]:
+) -> tuple[ValidatedRequest, OutputFormat]:
+    header: bytes | memoryview
     if header_length is None:
         header, binary = body, memoryview(b"")
     else:
@@ -66,23 +68,15 @@ def decode_request(
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput("'id' must be a string")
     parameters = _mapping(document.get("parameters"), "parameters")
-    inputs = _decode_inputs(document.get("inputs"), binary, guard)
+    builder = guard.builder(model, version)
+    _decode_inputs(document.get("inputs"), binary, builder)
     output_format = OutputFormat(
         binary_default=_flag(parameters, "binary_data_output", "parameters")
     )
     wanted = _decode_outputs(document.get("outputs"), output_format)
     if wanted is not None:
-        guard.check_outputs(wanted)
-    request = InferRequest(
-        model_name=model,
-        model_version=version,
-        inputs=inputs,
-        outputs=wanted,
-        id=request_id,
-        parameters=parameters,
-        timeout=timeout_from_microseconds(parameters.get("timeout")),
-    )
-    return request, output_format
+        builder.want_outputs(wanted)
+    return builder.finish(request_id=request_id, parameters=parameters), output_format
 
 
 def _mapping(value: object, where: str) -> dict[str, Any]:
@@ -93,21 +87,16 @@ def _mapping(value: object, where: str) -> dict[str, Any]:
     return value
 
 
-def _decode_inputs(items: object, binary: memoryview, guard: InputGuard) -> dict[str, np.ndarray]:
+def _decode_inputs(items: object, binary: memoryview, builder: RequestBuilder) -> None:
     if not isinstance(items, list) or not items:
         raise InvalidInput("'inputs' must be a non-empty list")
-    arrays: dict[str, np.ndarray] = {}
     offset = 0
     for item in items:
         if not isinstance(item, dict):
             raise InvalidInput("each entry of 'inputs' must be a JSON object")
         name = item.get("name")
-        if not isinstance(name, str):
-            raise InvalidInput("each input needs a string 'name'")
-        if name in arrays:
-            raise InvalidInput(f"input '{name}' appears more than once")
-        spec = guard.check_header(name, item.get("datatype"), item.get("shape"))
-        shape = tuple(item["shape"])
+        spec, shape = builder.declare(name, item.get("datatype"), item.get("shape"))
+        assert isinstance(name, str)  # declare() refuses anything else
         parameters = _mapping(item.get("parameters"), f"inputs.{name}.parameters")
         size = parameters.get("binary_data_size")
         if size is not None:
@@ -122,18 +111,16 @@ def _decode_inputs(items: object, binary: memoryview, guard: InputGuard) -> dict
                 )
             chunk = binary[offset : offset + size]
             offset += size
-            arrays[name] = from_raw(name, spec.datatype, shape, chunk)
+            builder.add(name, from_raw(name, spec.datatype, shape, chunk))
         else:
             if "data" not in item:
                 raise InvalidInput(f"input '{name}' has neither 'data' nor binary_data_size")
-            arrays[name] = _from_json(name, spec.datatype, shape, item["data"])
+            builder.add(name, _from_json(name, spec.datatype, shape, item["data"]))
     if offset != len(binary):
         raise InvalidInput(
             f"the body carries {len(binary)} bytes of binary tensor data but the inputs "
             f"declare {offset}"
         )
-    guard.check_complete(arrays)
-    return arrays
 
 
 def _from_json(name: str, datatype: DataType, shape: tuple[int, ...], data: object) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import hpack
 
 from modelport.frontends.grpc.http2.frames import ConnectionFailure, ErrorCode
@@ -32,7 +34,9 @@ class HeaderDecoder:
         if cached is not None:
             return cached
         try:
-            headers: Headers = self._decoder.decode(block, raw=True)
+            # hpack annotates the str and the raw (bytes) modes alike as an Iterable of
+            # HeaderTuple; what it returns is a list of those (tuple subclasses) of bytes.
+            headers = cast(Headers, self._decoder.decode(block, raw=True))
         except hpack.HPACKError as exc:
             raise ConnectionFailure(ErrorCode.COMPRESSION_ERROR, f"bad headers: {exc}") from None
         if block.translate(None, _INDEXED_ONLY):
