@@ -25,13 +25,17 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 serve: $(VENV)/.installed
 	$(BIN)/modelport serve --host $(HOST) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) $(SERVE_ARGS)
 
-test: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests benchmarks scripts
+# The quality gates (lint), then the tests.
+test: lint
 	$(BIN)/python -m pytest
 
+# ruff (lint, format); mypy --strict on src/modelport; import-linter's layer contracts. Config
+# for all three is in pyproject.toml.
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/ruff format --check src tests benchmarks scripts
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff format src tests benchmarks scripts
@@ -75,4 +79,4 @@ bench-optimize: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/optimize_digits.py --tag $${TAG:-run}
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .import_linter_cache

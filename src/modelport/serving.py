@@ -133,7 +133,8 @@ class Supervisor:
             for index, process in enumerate(self._workers):
                 if process.is_alive():
                     continue
-                multiprocess.mark_process_dead(process.pid, metrics_dir)
+                # prometheus_client leaves mark_process_dead unannotated
+                multiprocess.mark_process_dead(process.pid, metrics_dir)  # type: ignore[no-untyped-call]
                 now = time.monotonic()
                 self._restarts.append(now)
                 while self._restarts and now - self._restarts[0] > RESTART_WINDOW_SECS:

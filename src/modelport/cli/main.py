@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -85,7 +86,8 @@ def serve(**options: object) -> None:
     from modelport.serving import serve as run
     from modelport.settings import ServerSettings
 
-    given = {k: v for k, v in options.items() if v is not None and v != ()}
+    # click's values, as the options above typed them; ServerSettings validates each one
+    given: dict[str, Any] = {k: v for k, v in options.items() if v is not None and v != ()}
     try:
         settings = ServerSettings(**given)
     except ValidationError as exc:

@@ -158,9 +158,12 @@ def rollback(name: str, to: int | None, repository: Path, url: str | None) -> No
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def models(repository: Path | None, url: str | None, as_json: bool) -> None:
     """A table of models, versions, states, labels and traffic."""
-    if (repository is None) == (url is None):
+    if url is not None and repository is None:
+        rows = _rows_from_server(url)
+    elif repository is not None and url is None:
+        rows = _rows_from_disk(repository)
+    else:
         raise click.UsageError("give one of --model-repository or --url")
-    rows = _rows_from_server(url) if url is not None else _rows_from_disk(repository)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

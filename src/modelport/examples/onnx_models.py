@@ -46,7 +46,7 @@ def _value(name: str, datatype: str, shape: Sequence[Dim]) -> onnx.ValueInfoProt
 
 def add_sub(datatype: str = "FP32", width: int = 16) -> onnx.ModelProto:
     """INPUT0, INPUT1 [N, width] -> OUTPUT0 = sum, OUTPUT1 = difference (Triton's 'simple')."""
-    shape = ["N", width]
+    shape: list[Dim] = ["N", width]
     graph = helper.make_graph(
         [
             helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"]),

@@ -19,7 +19,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
 # The *_created series double the exposition size and no dashboard of ours reads them.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated in prometheus_client
 
 LATENCY_BUCKETS = (
     0.0001,
@@ -57,7 +57,7 @@ class Metrics:
         self._exposition = self.registry
         if multiprocess:
             self._exposition = CollectorRegistry()
-            MultiProcessCollector(self._exposition)
+            MultiProcessCollector(self._exposition)  # type: ignore[no-untyped-call]  # unannotated
         labels = ("model", "version")
         self.success = Counter(
             "modelport_inference_request_success",

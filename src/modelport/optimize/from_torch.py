@@ -41,7 +41,8 @@ def _reference(module: Any, args: tuple[Any, ...]) -> list[np.ndarray]:
 def from_torchscript(source: Any, sample: Dataset, output: Path) -> dict[str, np.ndarray]:
     import torch
 
-    module = torch.jit.load(str(source), map_location="cpu").eval()
+    # torch.jit.load has no annotations
+    module = torch.jit.load(str(source), map_location="cpu").eval()  # type: ignore[no-untyped-call]
     names = numbered("input", len(sample.inputs)) if "x" not in sample.inputs else ["input"]
     args = _torch_inputs(sample, names)
     return _export_legacy(module, args, names, sample, output)

@@ -138,12 +138,11 @@ def _feeds(session: Any, data: Dataset) -> dict[str, np.ndarray]:
     from modelport.runtimes.onnx import ORT_TYPES
 
     dtypes = {arg.name: ORT_TYPES.get(arg.type) for arg in session.get_inputs()}
-    return {
-        name: array
-        if dtypes[name] is None
-        else np.ascontiguousarray(array, dtypes[name].numpy_dtype)
-        for name, array in data.feeds(list(dtypes)).items()
-    }
+    feeds: dict[str, np.ndarray] = {}
+    for name, array in data.feeds(list(dtypes)).items():
+        dtype = dtypes[name]
+        feeds[name] = array if dtype is None else np.ascontiguousarray(array, dtype.numpy_dtype)
+    return feeds
 
 
 def _evaluate(

@@ -69,7 +69,8 @@ def predictions(output: np.ndarray, *, classification: bool) -> np.ndarray:
     if not classification:
         return output.reshape(len(output), -1)[:, 0].astype(np.float64)
     if output.ndim == 2 and output.shape[1] > 1:
-        return output.argmax(axis=1)
+        labels: np.ndarray = output.argmax(axis=1)  # numpy types argmax(axis=...) as Any
+        return labels
     flat = output.reshape(len(output))
     if flat.dtype.kind == "f":
         threshold = 0.5 if flat.min() >= 0.0 and flat.max() <= 1.0 else 0.0

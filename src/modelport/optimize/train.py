@@ -112,7 +112,8 @@ def _tuned(backbone: Any, head: Any) -> Any:
             self.head = head
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(torch.flatten(self.backbone(x), 1))
+            scores: torch.Tensor = self.head(torch.flatten(self.backbone(x), 1))
+            return scores
 
     return Tuned()
 
@@ -125,7 +126,8 @@ def load_backbone(source: Path | str) -> Any:
     if path.suffix == ".pt" and path.is_file():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript, still common
-            return torch.jit.load(str(path), map_location="cpu")
+            # torch.jit.load has no annotations
+            return torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
     if path.suffix == ".pt2" and path.is_file():
         return torch.export.load(str(path)).module()
     if not path.exists() and ":" in str(source):
