@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -82,6 +83,24 @@ def wait_ready(server: Server, timeout: float = 30.0) -> None:
                 return
         time.sleep(0.1)
     raise TimeoutError(f"modelport not ready after {timeout}s:\n{server.log_text()}")
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll `condition` until it holds. The deadline only ends a test whose server never gets
+    there; it is no assertion on how fast the server is."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not after {timeout}s")
+        time.sleep(0.05)
+
+
+def in_flight(server: Server, model: str, version: str = "1") -> float:
+    """Requests inside the server for one model version (queued or running), from /metrics."""
+    text = httpx.get(f"{server.base}/metrics", timeout=10).text
+    labels = f'model="{model}",version="{version}"'
+    match = re.search(rf"^modelport_inflight_requests{{{labels}}} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
 
 
 @contextlib.contextmanager

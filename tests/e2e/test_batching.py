@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -16,7 +16,7 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
 from modelport.examples import onnx_models
-from tests.support import Server, add_model, run_server
+from tests.support import Server, add_model, in_flight, run_server, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -25,7 +25,7 @@ dynamic_batching: {max_batch_size: 32, max_queue_delay: 2ms}
 instance_count: 2
 """
 SLOW_QUEUE = """\
-dynamic_batching: {max_batch_size: 64, max_queue_delay: 1500ms, max_queue_size: 2}
+dynamic_batching: {max_batch_size: 64, max_queue_delay: 3000ms, max_queue_size: 2}
 """
 
 
@@ -45,7 +45,7 @@ def batching_server(batching_repo: Path) -> Iterator[Server]:
 
 def reference(repo: Path, batch: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(str(repo / "mlp" / "1" / "model.onnx"))
-    return session.run(None, {"input": batch})[0]
+    return np.asarray(session.run(None, {"input": batch})[0])
 
 
 def make_requests(count: int, seed: int) -> list[tuple[str, np.ndarray]]:
@@ -56,7 +56,7 @@ def make_requests(count: int, seed: int) -> list[tuple[str, np.ndarray]]:
     ]
 
 
-async def http_requests(server: Server, requests: list[tuple[str, np.ndarray]]) -> dict:
+async def http_requests(server: Server, requests: list[tuple[str, np.ndarray]]) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=64)
     async with httpx.AsyncClient(base_url=server.base, limits=limits, timeout=60) as client:
 
@@ -81,7 +81,7 @@ async def http_requests(server: Server, requests: list[tuple[str, np.ndarray]]) 
         return dict(await asyncio.gather(*(one(rid, batch) for rid, batch in requests)))
 
 
-async def grpc_requests(server: Server, requests: list[tuple[str, np.ndarray]]) -> dict:
+async def grpc_requests(server: Server, requests: list[tuple[str, np.ndarray]]) -> dict[str, Any]:
     client = triton_aio.InferenceServerClient(server.grpc_url)
     try:
 
@@ -102,7 +102,7 @@ def test_concurrent_requests_over_both_protocols_get_their_own_answers(
     repo = batching_repo
     http_batch, grpc_batch = make_requests(300, seed=1), make_requests(300, seed=2)
 
-    async def both() -> tuple[dict, dict]:
+    async def both() -> tuple[dict[str, Any], dict[str, Any]]:
         return await asyncio.gather(
             http_requests(batching_server, http_batch), grpc_requests(batching_server, grpc_batch)
         )
@@ -139,8 +139,8 @@ def test_a_batch_over_the_batchers_limit_is_refused(batching_server: Server) -> 
     assert config["max_batch_size"] == 32
 
 
-def add_sub_body(timeout_us: int | None = None) -> dict:
-    body: dict = {
+def add_sub_body(timeout_us: int | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "inputs": [
             {"name": name, "datatype": "FP32", "shape": [1, 4], "data": [1.0] * 4}
             for name in ("INPUT0", "INPUT1")
@@ -159,13 +159,14 @@ def test_queue_limit_answers_503_at_once_and_timeouts_504(batching_server: Serve
             waiting = [
                 asyncio.ensure_future(client.post(url, json=add_sub_body())) for _ in range(2)
             ]
-            await asyncio.sleep(0.3)  # both now wait for the 1.5 s queue delay
-            started = time.perf_counter()
+            await asyncio.to_thread(
+                wait_until, lambda: in_flight(batching_server, "waiting") == 2, "both queued"
+            )  # both now wait out the 3 s queue delay
             refused = await client.post(url, json=add_sub_body())
-            refused_after = time.perf_counter() - started
             assert refused.status_code == 503, refused.text
             assert "queue is full (2 requests)" in refused.json()["error"]
-            assert refused_after < 1.0  # refused at once, not after the queue delay
+            # refused at once: while the two it could not join still wait for their batch
+            assert not any(reply.done() for reply in waiting)
             return [refused, *await asyncio.gather(*waiting)]
 
     _, *served = asyncio.run(scenario())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 import tritonclient.grpc as triton
 
 from modelport.examples import onnx_models
-from tests.support import Server, add_model, run_server
+from tests.support import Server, add_model, in_flight, run_server, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -116,7 +115,8 @@ def test_sigterm_lets_a_call_in_flight_finish(tmp_path: Path) -> None:
 
         worker = threading.Thread(target=call)
         worker.start()
-        time.sleep(0.5)  # the request now waits in the batcher's queue
+        # the request now waits in the batcher's queue, for the 1.5 s queue delay
+        wait_until(lambda: in_flight(server, "slow") == 1, "the call queued")
         server.process.send_signal(signal.SIGTERM)
         worker.join(30)
         assert "error" not in outcome, outcome

@@ -40,15 +40,19 @@ def answer(server: Server) -> tuple[str, float]:
     return document["model_version"], document["outputs"][0]["data"][0]
 
 
-def wait_until_served(server: Server, versions: set[str], timeout: float = 15) -> None:
+def wait_until_served(
+    server: Server, versions: set[str], traffic: dict[str, float] | None = None, timeout: float = 15
+) -> None:
+    """Wait until svc serves exactly `versions` (and, if given, splits traffic so)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         rows = httpx.post(f"{server.base}/v2/repository/index").json()
-        ready = {r["version"] for r in rows if r["name"] == "svc" and r["state"] == "READY"}
-        if ready == versions:
+        ready = {r["version"]: r for r in rows if r["name"] == "svc" and r["state"] == "READY"}
+        split = {version: row.get("traffic") for version, row in ready.items()}
+        if set(ready) == versions and (traffic is None or split == traffic):
             return
         time.sleep(0.1)
-    raise AssertionError(f"svc never served exactly {versions}: {rows}")
+    raise AssertionError(f"svc never served exactly {versions} ({traffic}): {rows}")
 
 
 def test_deploy_canary_promote_and_rollback(tmp_path: Path) -> None:
@@ -79,8 +83,7 @@ def test_deploy_canary_promote_and_rollback(tmp_path: Path) -> None:
         config = yaml.safe_load((repo / "svc" / "config.yaml").read_text())
         assert config["labels"] == {"stable": 2, "canary": 3}
         assert config["traffic"] == {2: 80.0, 3: 20.0}
-        wait_until_served(server, {"2", "3"})
-        time.sleep(2 * POLL)  # the config with the split is read in the same sync
+        wait_until_served(server, {"2", "3"}, traffic={"2": 80, "3": 20})
         counts = Counter(answer(server)[0] for _ in range(400))
         assert set(counts) == {"2", "3"} and 40 <= counts["3"] <= 130, counts
 

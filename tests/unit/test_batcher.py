@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from modelport.core.batcher import DynamicBatcher
+from modelport.core.batcher import BatchResult, DynamicBatcher
 from modelport.core.errors import DeadlineExceeded, InvalidInput, ModelNotReady, ServerBusy
 from modelport.core.runtime import Signature
+from modelport.runtimes import executor
 from modelport.runtimes.executor import ThreadHost
 
 Infer = Callable[[dict[str, np.ndarray], Any], dict[str, np.ndarray]]
@@ -34,18 +35,24 @@ def threads(infer: Infer, instances: int = 1) -> ThreadHost:
     return ThreadHost([FunctionModel(infer)], instances, "test")
 
 
-class Recorder:
-    """A model that doubles its input and records every batch it was given."""
+GIVE_UP_SECS = 60.0
+"""A gated model stops waiting for its gate, and a test for what should come at once, after this
+long: a failing test ends instead of hanging. Nothing passes or fails by it."""
 
-    def __init__(self, delay: float = 0.0, gate: threading.Event | None = None) -> None:
+
+class Recorder:
+    """A model that doubles its input and records every batch it was given. With a gate, each
+    run waits for the gate to open; `entered` is set once a run has started."""
+
+    def __init__(self, gate: threading.Event | None = None) -> None:
         self.batches: list[int] = []
-        self.delay = delay
         self.gate = gate
+        self.entered = threading.Event()
 
     def __call__(self, inputs: dict[str, np.ndarray], outputs: Any) -> dict[str, np.ndarray]:
+        self.entered.set()
         if self.gate is not None:
-            self.gate.wait(5)
-        time.sleep(self.delay)
+            self.gate.wait(GIVE_UP_SECS)
         x = inputs["x"]
         self.batches.append(x.shape[0])
         return {"y": x * 2, "n": np.full((x.shape[0],), x.shape[0])}
@@ -66,6 +73,22 @@ def make(run: Infer, **options: Any) -> DynamicBatcher:
 
 def rows(value: float, count: int, width: int = 3) -> dict[str, np.ndarray]:
     return {"x": np.full((count, width), value, dtype=np.float32)}
+
+
+async def running(model: Recorder) -> None:
+    """Return once a run of the model has started (it is then blocked on its gate)."""
+    await asyncio.to_thread(model.entered.wait, GIVE_UP_SECS)
+    assert model.entered.is_set()
+
+
+async def queued(batcher: DynamicBatcher, count: int) -> None:
+    """Let the tasks just created run up to their wait in the queue (no time passes: sleep(0)
+    only yields to the tasks that are ready)."""
+    for _ in range(10):
+        if batcher.queued >= count:
+            return
+        await asyncio.sleep(0)
+    assert batcher.queued == count
 
 
 def test_concurrent_requests_share_a_run_and_get_their_own_rows() -> None:
@@ -115,11 +138,17 @@ def test_max_batch_size_caps_each_run() -> None:
 def test_preferred_size_dispatches_without_waiting_for_the_delay() -> None:
     async def main() -> None:
         run = Recorder()
-        batcher = make(run, max_batch_size=64, max_queue_delay=5.0, preferred_batch_sizes=(4,))
-        started = time.perf_counter()
-        await asyncio.gather(*(batcher.submit(rows(i, 1), None) for i in range(4)))
-        assert time.perf_counter() - started < 2.5
+        # a delay no test run reaches: the batch can only go because it reached size 4
+        batcher = make(run, max_batch_size=64, max_queue_delay=3600.0, preferred_batch_sizes=(4,))
+        first = [asyncio.ensure_future(batcher.submit(rows(i, 1), None)) for i in range(3)]
+        await queued(batcher, 3)
+        for _ in range(10):  # the scheduler runs, and waits: 3 is no preferred size
+            await asyncio.sleep(0)
+        assert run.batches == [] and batcher.queued == 3
+        last = batcher.submit(rows(3, 1), None)
+        results = await asyncio.wait_for(asyncio.gather(*first, last), GIVE_UP_SECS)
         assert run.batches == [4]
+        assert [float(r.outputs["y"][0, 0]) for r in results] == [0, 2, 4, 6]
         await batcher.close()
 
     asyncio.run(main())
@@ -142,17 +171,19 @@ def test_full_queue_refuses_at_once_and_timeouts_drop_queued_requests() -> None:
         run = Recorder(gate=gate)
         batcher = make(run, max_batch_size=1, max_queue_size=2)
         first = asyncio.ensure_future(batcher.submit(rows(0, 1), None))
-        await asyncio.sleep(0.05)  # the first request is now running, blocked on the gate
-        queued = asyncio.ensure_future(batcher.submit(rows(1, 1), None))
+        await running(run)  # the first request is now running, blocked on the gate
+        waiting = asyncio.ensure_future(batcher.submit(rows(1, 1), None))
         expiring = asyncio.ensure_future(batcher.submit(rows(2, 1), None, timeout=0.05))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # both enter the queue; the timer can fire only after this
+        assert batcher.queued == 2
         with pytest.raises(ServerBusy, match="queue is full"):
             await batcher.submit(rows(3, 1), None)
         with pytest.raises(DeadlineExceeded, match="timed out after 50 ms"):
             await expiring
+        assert batcher.queued == 1 and not waiting.done()  # the gate is still closed
         gate.set()
         assert (await first).outputs["y"][0, 0] == 0
-        assert (await queued).outputs["y"][0, 0] == 2
+        assert (await waiting).outputs["y"][0, 0] == 2
         assert run.batches == [1, 1]  # the expired request never ran
         await batcher.close()
 
@@ -165,11 +196,12 @@ def test_cancelled_callers_leave_the_queue() -> None:
         run = Recorder(gate=gate)
         batcher = make(run, max_batch_size=1)
         first = asyncio.ensure_future(batcher.submit(rows(0, 1), None))
-        await asyncio.sleep(0.05)
+        await running(run)
         gone = asyncio.ensure_future(batcher.submit(rows(1, 1), None))
-        await asyncio.sleep(0.01)
+        await queued(batcher, 1)
         gone.cancel()
-        await asyncio.sleep(0.01)
+        with pytest.raises(asyncio.CancelledError):
+            await gone
         assert batcher.queued == 0
         gate.set()
         await first
@@ -211,6 +243,7 @@ def test_one_bad_member_does_not_fail_the_others() -> None:
             return_exceptions=True,
         )
         assert isinstance(bad, InvalidInput)
+        assert isinstance(good, BatchResult) and isinstance(other, BatchResult)
         np.testing.assert_array_equal(good.outputs["y"], np.full((2, 3), 2))
         np.testing.assert_array_equal(other.outputs["y"], np.full((1, 3), 6))
         await batcher.close()
@@ -221,20 +254,23 @@ def test_one_bad_member_does_not_fail_the_others() -> None:
 def test_close_fails_what_is_queued_and_refuses_new_requests() -> None:
     async def main() -> None:
         gate = threading.Event()
-        batcher = make(Recorder(gate=gate), max_batch_size=1)
-        running = asyncio.ensure_future(batcher.submit(rows(0, 1), None))
-        await asyncio.sleep(0.05)
-        queued = asyncio.ensure_future(batcher.submit(rows(1, 1), None))
-        await asyncio.sleep(0.01)
+        model = Recorder(gate=gate)
+        batcher = make(model, max_batch_size=1)
+        first = asyncio.ensure_future(batcher.submit(rows(0, 1), None))
+        await running(model)
+        waiting = asyncio.ensure_future(batcher.submit(rows(1, 1), None))
+        await queued(batcher, 1)
         closing = asyncio.ensure_future(batcher.close())
-        await asyncio.sleep(0.01)
-        gate.set()
-        await closing
-        assert (await running).outputs["y"].shape == (1, 3)
-        with pytest.raises(ModelNotReady, match="unloaded"):
-            await queued
+        await asyncio.wait([waiting])  # failed by close while the first still runs
         with pytest.raises(ModelNotReady, match="unloading"):
             await batcher.submit(rows(2, 1), None)
+        assert not closing.done() and not first.done()  # close waits for the running batch
+        gate.set()
+        await closing
+        assert (await first).outputs["y"].shape == (1, 3)
+        with pytest.raises(ModelNotReady, match="unloaded"):
+            await waiting
+        assert model.batches == [1]
 
     asyncio.run(main())
 
@@ -249,7 +285,9 @@ def test_slow_models_get_one_batch_queued_ahead_of_a_free_instance(
     async def main() -> None:
         out, most, gate = [0], [0], asyncio.Event()
 
-        async def run(inputs: dict[str, np.ndarray], wanted: Any) -> tuple[dict, int]:
+        async def run(
+            inputs: dict[str, np.ndarray], wanted: Any
+        ) -> tuple[dict[str, np.ndarray], int]:
             out[0] += 1
             most[0] = max(most[0], out[0])
             await gate.wait()
@@ -274,17 +312,34 @@ def test_slow_models_get_one_batch_queued_ahead_of_a_free_instance(
     asyncio.run(main())
 
 
-def test_runs_shorter_than_a_thread_handoff_run_on_the_event_loop() -> None:
+class ModelClock:
+    """Stands in for the `time` module of the thread host: its perf_counter_ns moves only when
+    a model run says how long it took, so how long a run "takes" does not depend on the machine."""
+
+    def __init__(self) -> None:
+        self.ns = 0
+
+    def perf_counter_ns(self) -> int:
+        return self.ns
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def test_runs_shorter_than_a_thread_handoff_run_on_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A host runs a fast model on the loop's own thread once it has seen its runs are short;
     slow models, and models with several copies, always run on instance threads."""
+    clock = ModelClock()
+    monkeypatch.setattr(executor, "time", clock)
 
-    def thread_names(model_delay: float, copies: int) -> list[str]:
+    def thread_names(run_ns: int, copies: int) -> list[str]:
         seen: list[str] = []
 
         def infer(inputs: dict[str, np.ndarray], outputs: Any) -> dict[str, np.ndarray]:
             seen.append(threading.current_thread().name)
-            if model_delay:  # makes a model slow; nothing here asserts on time (even
-                time.sleep(model_delay)  # sleep(0) costs ~100 us here, near the threshold)
+            clock.ns += run_ns  # what the host measures for this run
             return {"y": inputs["x"]}
 
         host = ThreadHost([FunctionModel(infer) for _ in range(copies)], copies, "test")
@@ -297,9 +352,10 @@ def test_runs_shorter_than_a_thread_handoff_run_on_the_event_loop() -> None:
         host.close()
         return seen
 
+    fast_ns, slow_ns = executor.INLINE_MAX_NS // 10, 2 * executor.INLINE_MAX_NS
     loop_thread = threading.current_thread().name  # asyncio.run runs the loop on this thread
-    fast = thread_names(0.0, copies=1)
+    fast = thread_names(fast_ns, copies=1)
     assert fast[0] != loop_thread  # not measured yet: an instance thread
-    assert fast[-10:] == [loop_thread] * 10
-    assert loop_thread not in thread_names(0.002, copies=1)
-    assert loop_thread not in thread_names(0.0, copies=2)  # borrowing a copy could block
+    assert fast[-10:] == [loop_thread] * 10  # its runs were measured short: on the loop
+    assert loop_thread not in thread_names(slow_ns, copies=1)
+    assert loop_thread not in thread_names(fast_ns, copies=2)  # borrowing a copy could block

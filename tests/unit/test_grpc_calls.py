@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+from collections.abc import Callable, Coroutine
+from typing import Any
 from urllib.parse import unquote
 
 import h2.errors
@@ -32,6 +34,37 @@ from tests.h2peer import (
     run,
     status_of,
 )
+
+
+class VirtualClock(asyncio.SelectorEventLoop):
+    """An event loop whose time moves only when the test advances it, so a deadline fires
+    exactly when the test says its time is up, however fast the machine runs."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        super().__init__()
+
+    def time(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+async def pump_until(peer: Peer, done: Callable[[], bool], pumps: int = 10) -> bool:
+    """Pump until `done()` (a deadline's answer may be sent a few loop turns after its timer)."""
+    for _ in range(pumps):
+        if done():
+            return True
+        await peer.pump()
+    return done()
+
+
+def run_on_virtual_clock(scenario: Callable[[VirtualClock], Coroutine[Any, Any, None]]) -> None:
+    with asyncio.Runner(loop_factory=VirtualClock) as runner:
+        loop = runner.get_loop()
+        assert isinstance(loop, VirtualClock)
+        runner.run(scenario(loop))
 
 
 def test_unary_call_round_trip() -> None:
@@ -98,19 +131,26 @@ def test_non_grpc_requests_get_http_statuses() -> None:
 
 
 def test_deadline_cancels_the_handler_and_answers_deadline_exceeded() -> None:
-    async def scenario() -> None:
+    async def scenario(clock: VirtualClock) -> None:
         peer = Peer()
         stream = peer.call(WAIT, request("slow"), extra=((b"grpc-timeout", b"30m"),))
         quick = peer.call(ECHO, request("quick"), extra=((b"grpc-timeout", b"2S"),))
         await peer.pump()
-        assert 1.0 < peer.service.seen[0] <= 2.0  # the handler sees its time remaining
-        await asyncio.sleep(0.1)
-        await peer.pump()
-        assert status_of(peer.reply(stream)) == (Status.DEADLINE_EXCEEDED, "Deadline Exceeded")
+        assert peer.service.seen == [2.0]  # the handler sees its time remaining: all of it
         assert status_of(peer.reply(quick)) == (0, "")
+
+        def answered() -> bool:
+            return peer.reply(stream)["headers"] is not None
+
+        clock.advance(0.02)
+        assert not await pump_until(peer, answered)  # 10 ms left: still waiting
+        assert peer.service.cancelled == 0
+        clock.advance(0.01)
+        assert await pump_until(peer, answered)
+        assert status_of(peer.reply(stream)) == (Status.DEADLINE_EXCEEDED, "Deadline Exceeded")
         assert peer.service.cancelled == 1
 
-    run(scenario)
+    run_on_virtual_clock(scenario)
 
 
 @pytest.mark.parametrize(
@@ -238,18 +278,19 @@ def test_an_error_after_the_response_headers_comes_as_trailers() -> None:
     """A deadline that fires after a stream's first reply ends it with trailers (no :status),
     which h2 would refuse otherwise."""
 
-    async def scenario() -> None:
+    async def scenario(clock: VirtualClock) -> None:
         peer = Peer()
         stream = peer.call(TICK, request("t"), end=False, extra=((b"grpc-timeout", b"50m"),))
         await peer.pump()
         assert [ident(m) for m in messages(peer.reply(stream)["body"])] == ["tick"]
-        await asyncio.sleep(0.1)
-        await peer.pump()
+        assert peer.reply(stream)["trailers"] is None  # no time has passed: the call goes on
+        clock.advance(0.05)
+        assert await pump_until(peer, lambda: peer.reply(stream)["trailers"] is not None)
         reply = peer.reply(stream)
         assert reply["trailers"] is not None and b":status" not in reply["trailers"]
         assert status_of(reply) == (Status.DEADLINE_EXCEEDED, "Deadline Exceeded")
 
-    run(scenario)
+    run_on_virtual_clock(scenario)
 
 
 def test_a_stream_handler_waits_while_the_client_keeps_its_window_closed() -> None:

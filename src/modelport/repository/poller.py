@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from modelport.core.errors import ModelNotFound
-from modelport.core.manager import ModelManager
 
 log = logging.getLogger("modelport.repository")
+
+Sleep = Callable[[float], Awaitable[None]]
+"""How the poller waits: asyncio.sleep, or a test's clock that lets each wait end on demand."""
 
 
 class WatchedSource(Protocol):
@@ -19,23 +22,41 @@ class WatchedSource(Protocol):
     def model_fingerprint(self, name: str) -> str: ...
 
 
+class SyncedModels(Protocol):
+    """What the poller asks of the model manager (core's ModelManager is one)."""
+
+    def sync(self, name: str) -> Awaitable[object]:
+        """Bring what serves of the model in line with the repository."""
+        ...
+
+    def remove(self, name: str) -> Awaitable[object]:
+        """The model left the repository: unload it."""
+        ...
+
+
 class RepositoryPoller:
     """Every `interval` seconds, compare each model directory's fingerprint with the one it had
     when it was last synced. A changed directory is looked at again after `settle` seconds and
     synced only if it stayed the same, so a version still being copied is not loaded half-way
-    (publishing by rename, as `modelport deploy` does, never shows a partial version at all)."""
+    (publishing by rename, as `modelport deploy` does, never shows a partial version at all).
+
+    Both waits go through `sleep`, so a test can end each one on demand: a wait of `interval`
+    that begins means the previous round is over."""
 
     def __init__(
         self,
         source: WatchedSource,
-        manager: ModelManager,
+        manager: SyncedModels,
         interval: float,
         settle: float | None = None,
+        *,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._source = source
         self._manager = manager
         self.interval = interval
         self.settle = min(0.5, interval / 4) if settle is None else settle
+        self._sleep = sleep
         self._synced: dict[str, str] = {}
 
     async def snapshot(self) -> None:
@@ -45,7 +66,7 @@ class RepositoryPoller:
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
+            await self._sleep(self.interval)
             try:
                 await self.poll_once()
             except Exception:  # one bad poll must not end polling
@@ -60,7 +81,7 @@ class RepositoryPoller:
         changed = [name for name, digest in seen.items() if self._synced.get(name) != digest]
         if not changed:
             return
-        await asyncio.sleep(self.settle)
+        await self._sleep(self.settle)
         for name in changed:
             digest = await asyncio.to_thread(self._source.model_fingerprint, name)
             if digest != seen[name]:
