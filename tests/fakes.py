@@ -82,12 +82,15 @@ class FakeHost:
 
     label: str
     runtime: FakeRuntimes
+    width: int = 2
+    """The inputs' second dimension (config.yaml `parameters: {width: N}`)."""
     kind: str = "thread"
     closed: bool = False
     runs: int = 0
 
     def signature(self) -> Signature:
-        return Signature((SPEC_IN,), (SPEC_OUT,))
+        x, y = (TensorSpec(s.name, s.datatype, (-1, self.width)) for s in (SPEC_IN, SPEC_OUT))
+        return Signature((x,), (y,))
 
     async def run(self, inputs: Arrays, outputs: tuple[str, ...] | None) -> tuple[Arrays, int]:
         self.runs += 1
@@ -139,7 +142,7 @@ class FakeRuntimes:
                 self.block_loads.wait(timeout=30)
             if label in self.broken:
                 raise ModelLoadError(f"{label} is broken")
-            host = FakeHost(label, self)
+            host = FakeHost(label, self, int(config.parameters.get("width", 2)))
             self.hosts.append(host)
             self.events.append(f"loaded {label}")
             return host

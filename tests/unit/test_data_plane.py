@@ -209,3 +209,40 @@ def test_strict_readiness_counts_failed_models() -> None:
         return answer
 
     assert asyncio.run(main()) == (True, False)
+
+
+def test_a_request_rerouted_to_a_changed_version_is_checked_against_it() -> None:
+    async def scenario(core: Core, plane: DataPlane) -> None:
+        handle = plane.resolve("m")
+        core.source.put("m", (1, 2), {"parameters": {"width": 3}})
+
+        async def decode_during_a_swap(guard: InputGuard) -> ValidatedRequest:
+            validated = decode_x()(guard)  # checked by version 1's guard: width 2
+            await core.manager.sync("m")  # version 2, of width 3, replaces it meanwhile
+            return validated
+
+        with pytest.raises(InvalidInput, match=r"shape \[1, 2\] does not match the model's"):
+            await plane.infer(handle, decode_during_a_swap)
+        assert core.observer.requests == [("m", "2", "invalid_input")]
+
+    run(scenario)
+
+
+def test_a_request_checked_by_another_models_guard_is_checked_again() -> None:
+    async def scenario(core: Core, plane: DataPlane) -> None:
+        core.source.put("wide", (1,), {"parameters": {"width": 3}})
+        await core.manager.sync("wide")
+        wide = plane.resolve("wide")
+
+        def foreign(guard: InputGuard) -> ValidatedRequest:
+            builder = wide.guard.builder("wide", None)
+            builder.declare("x", "FP32", [1, 3])
+            builder.add("x", np.zeros((1, 3), dtype=np.float32))
+            return builder.finish()
+
+        with pytest.raises(InvalidInput, match=r"shape \[1, 3\] does not match"):
+            await plane.infer(plane.resolve("m"), foreign)
+        assert core.observer.requests == [("m", "1", "invalid_input")]
+        assert plane.statistics("wide")[0]["inference_count"] == 0
+
+    run(scenario)

@@ -243,3 +243,83 @@ def test_a_model_that_left_the_source_is_forgotten() -> None:
         assert await core.manager.index() == []
 
     run(scenario)
+
+
+def test_a_failed_config_reload_is_tried_again_by_the_next_load() -> None:
+    async def scenario(core: Core) -> None:
+        core.source.put("m")
+        await core.manager.load_all()
+        core.runtimes.broken.add("m-1")
+        with pytest.raises(LoadFailed):
+            await core.manager.load("m", '{"instance_count": 2}')
+        assert core.manager.resolve("m").config.instance_count == 1  # the old load serves on
+        core.runtimes.broken.clear()
+        await core.manager.load("m", '{"instance_count": 2}')
+        assert core.manager.resolve("m").config.instance_count == 2
+        [row] = await core.manager.index()
+        assert row["reason"] == ""
+
+    run(scenario)
+
+
+def test_a_version_still_loading_when_the_manager_closes_is_closed_not_served() -> None:
+    async def scenario(core: Core) -> None:
+        core.source.put("m")
+        core.runtimes.block_loads = threading.Event()
+        loading = asyncio.create_task(core.manager.sync("m"))
+        await asyncio.to_thread(core.runtimes.loads_waiting.acquire)
+        await core.manager.close()
+        core.runtimes.block_loads.set()
+        await loading
+        assert core.runtimes.alive() == []  # loaded after close: closed at once
+        assert ("m", "1", "READY") not in core.observer.states
+        with pytest.raises(ModelNotReady):
+            core.manager.resolve("m")
+
+    run(scenario)
+
+
+def test_close_closes_every_version() -> None:
+    async def scenario(core: Core) -> None:
+        core.source.put("m", (1, 2), {"version_policy": "all"})
+        core.source.put("n")
+        await core.manager.load_all()
+        assert len(core.runtimes.alive()) == 3
+        await core.manager.close()
+        assert core.runtimes.alive() == []
+
+    run(scenario)
+
+
+def test_a_sync_waiting_while_the_model_is_removed_starts_on_a_fresh_record() -> None:
+    async def scenario(core: Core) -> None:
+        core.source.put("m")
+        await core.manager.load_all()
+        core.runtimes.hold_runs = asyncio.Event()
+        in_flight = asyncio.create_task(infer(core))
+        await core.runtimes.run_started.wait()
+        removing = asyncio.create_task(core.manager.remove("m"))  # waits for the request
+        await asyncio.sleep(0)
+        core.source.touch("m", 1)
+        syncing = asyncio.create_task(core.manager.sync("m"))  # queued behind the removal
+        await asyncio.sleep(0)
+        core.runtimes.hold_runs.set()
+        await asyncio.gather(in_flight, removing, syncing)
+        assert await infer(core) == "1"  # the sync's load is the one that serves
+        await asyncio.gather(*core.manager._retiring)
+        assert core.runtimes.alive() == ["m-1"]
+
+    run(scenario)
+
+
+def test_a_same_number_reload_never_shows_the_serving_version_as_down() -> None:
+    async def scenario(core: Core) -> None:
+        core.source.put("m")
+        await core.manager.load_all()
+        core.observer.states.clear()
+        core.source.touch("m", 1)
+        await core.manager.sync("m")
+        await asyncio.gather(*core.manager._retiring)
+        assert core.observer.states == [("m", "1", "READY")]
+
+    run(scenario)

@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 
 from modelport.__about__ import __version__
-from modelport.core.errors import InferenceFailed, ModelportError, NotAllowed
+from modelport.core.errors import InferenceFailed, ModelportError, NotAllowed, public_error
 from modelport.core.manager import ModelManager
 from modelport.core.stats import ModelStatistics
 from modelport.core.types import InferRequest, InferResponse, TensorSpec
@@ -59,6 +59,7 @@ class DataPlane:
         self._model_control = model_control
         self._startup_models = startup_models
         self._started = False
+        self._status_sources: list[Callable[[], list[IndexRow]]] = []
 
     # ---- the server ------------------------------------------------------------------------
 
@@ -115,8 +116,17 @@ class DataPlane:
         return [VersionStatus(v.label, v.state, v.reason) for v in self._manager.versions(name)]
 
     async def repository_index(self, *, ready_only: bool = False) -> list[IndexRow]:
+        """The models' rows, then a row for each frontend that reports its own state (a queue's
+        broker connection)."""
         rows = await self._manager.index()
-        return [row for row in rows if row["state"] == "READY"] if ready_only else rows
+        if ready_only:  # asks for the models that can serve: frontends' rows are no models
+            return [row for row in rows if row["state"] == "READY"]
+        for source in self._status_sources:
+            rows.extend(source())
+        return rows
+
+    def add_status_rows(self, source: Callable[[], list[IndexRow]]) -> None:
+        self._status_sources.append(source)
 
     def statistics(
         self, name: str | None = None, version: str | None = None
@@ -124,7 +134,7 @@ class DataPlane:
         if name is None:
             chosen = [v for v in self._manager.all_versions() if v.ready]
         elif version:
-            chosen = [self._manager.resolve(name, version).target]
+            chosen = [self._manager.resolve(name, version)._version]
         else:
             chosen = [v for v in self._manager.versions(name) if v.ready]
         return [v.stats.as_triton(v.name, v.label) for v in chosen]
@@ -155,8 +165,8 @@ class DataPlane:
         try:
             decoded = decode(handle.guard)
             validated = decoded if isinstance(decoded, ValidatedRequest) else await decoded
-        except ModelportError as exc:
-            self._reject(handle, exc, started)
+        except Exception as exc:  # a frontend's own failure counts too, as internal
+            self._reject(handle, public_error(exc), started)
             raise
         return await self._run(handle, validated, started)
 
@@ -180,12 +190,13 @@ class DataPlane:
         self, handle: ModelHandle, validated: ValidatedRequest, started: int
     ) -> InferResponse:
         request = validated.request
-        if not handle.serving or validated.guard is not handle.guard:
+        if not handle.serving:
             # retired (or replaced) since the frontend resolved it, e.g. while a large body was
-            # decoded in a thread: route again, and check against the version that now serves
-            handle = self._manager.resolve(request.model_name, request.model_version)
+            # decoded in a thread: route the same model again
+            handle = self._manager.resolve(handle.name, request.model_version)
+        if validated.guard is not handle.guard:  # checked by another version's guard: again
             validated = self._validate(handle, request, started)
-        version, loaded = handle.target, handle.loaded
+        version, loaded = handle._version, handle._loaded
         recorder = loaded.recorder
         version.enter()  # no await since the serving check: a retired version waits for this
         recorder.in_flight(1)
@@ -225,8 +236,8 @@ class DataPlane:
 
     def _reject(self, handle: ModelHandle, error: ModelportError, started_ns: int) -> None:
         elapsed = time.perf_counter_ns() - started_ns
-        handle.target.stats.record_failure(now_ms=time.time_ns() // 1_000_000, total_ns=elapsed)
-        handle.loaded.recorder.failure(elapsed / 1e9, error.kind.value)
+        handle._version.stats.record_failure(now_ms=time.time_ns() // 1_000_000, total_ns=elapsed)
+        handle._loaded.recorder.failure(elapsed / 1e9, error.kind.value)
 
 
 def _tensor(spec: TensorSpec) -> TensorMetadata:

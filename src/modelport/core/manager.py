@@ -33,11 +33,13 @@ from modelport.core.versions import (
     Batched,
     Failed,
     Loaded,
+    Loading,
     ModelHandle,
     ModelState,
     ModelVersion,
     Planned,
     Ready,
+    Unloaded,
     VersionRecorder,
     apply_batching,
     build_scheduler,
@@ -138,6 +140,7 @@ class ModelManager:
         self._records: dict[str, ModelRecord] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._rng = rng or random.Random()
+        self._closing = False
 
     # ---- changing what serves -------------------------------------------------------------
 
@@ -173,17 +176,20 @@ class ModelManager:
     async def sync(self, name: str, config: ModelConfig | None = None) -> list[str]:
         """Bring what serves in line with the repository: load new and changed versions, retire
         versions the policy no longer selects. Returns the failures (empty when all is well)."""
-        record = self._records.get(name) or self._records.setdefault(name, ModelRecord(name))
-        async with record.lock:
-            try:
-                definition = await asyncio.to_thread(self._source.read, name)
-            except ModelNotFound:
-                if not record.versions:
-                    self._records.pop(name, None)
-                raise
-            if config is not None:
-                definition = replace(definition, config=config, error=None)
-            return await self._sync(record, definition)
+        while True:
+            record = self._records.get(name) or self._records.setdefault(name, ModelRecord(name))
+            async with record.lock:
+                if self._records.get(name) is not record:
+                    continue  # removed while this sync waited for the lock: start afresh
+                try:
+                    definition = await asyncio.to_thread(self._source.read, name)
+                except ModelNotFound:
+                    if not record.versions:
+                        self._records.pop(name, None)
+                    raise
+                if config is not None:
+                    definition = replace(definition, config=config, error=None)
+                return await self._sync(record, definition)
 
     async def unload(self, name: str) -> None:
         """Stop serving every version of a model; returns once they have drained and closed."""
@@ -191,18 +197,26 @@ class ModelManager:
         if record is None:
             raise ModelNotFound(f"unknown model '{name}'")
         async with record.lock:
-            retired = list(record.versions.values())
-            record.versions.clear()
-            record.config = None
-            record.error = "unloaded"
-            await asyncio.gather(*(self._retire(version) for version in retired))
-        log.info("model %s unloaded", name)
+            await self._unload(record)
 
     async def remove(self, name: str) -> None:
-        """The model left the repository: unload it and forget it."""
-        if name in self._records:
-            await self.unload(name)
-            self._records.pop(name, None)
+        """The model left the repository: unload it and forget it (under its lock, so a sync
+        waiting for the lock starts on a fresh record instead of one nobody can reach)."""
+        record = self._records.get(name)
+        if record is None:
+            return
+        async with record.lock:
+            await self._unload(record)
+            if self._records.get(name) is record:
+                del self._records[name]
+
+    async def _unload(self, record: ModelRecord) -> None:
+        retired = list(record.versions.values())
+        record.versions.clear()
+        record.config = None
+        record.error = "unloaded"
+        await asyncio.gather(*(self._retire(version) for version in retired))
+        log.info("model %s unloaded", record.name)
 
     async def _sync(self, record: ModelRecord, definition: ModelDefinition) -> list[str]:
         if definition.error:
@@ -212,15 +226,21 @@ class ModelManager:
         config = definition.config
         chosen = served_versions(config, list(definition.versions))
         record.error = "" if chosen else "no version directory matches the version policy"
-        reload_all = record.config is not None and _serving(record.config) != _serving(config)
         record.config = config
 
         pending: list[ModelVersion] = []
         for number in chosen:
             current = record.versions.get(number)
             fingerprint = definition.fingerprints.get(number, "")
-            unchanged = current is not None and current.fingerprint == fingerprint
-            if unchanged and current is not None and current.ready and not reload_all:
+            # a version reloads when its files or the config it was loaded with changed (not for
+            # labels, traffic or the policy): compared per version, so a failed reload is tried
+            # again by the next sync even though the record already has the new config
+            unchanged = (
+                current is not None
+                and current.fingerprint == fingerprint
+                and _serving(current.config) == _serving(config)
+            )
+            if unchanged and current is not None and current.ready:
                 continue
             version = ModelVersion(
                 record.name, number, definition.versions[number], config, fingerprint
@@ -293,17 +313,20 @@ class ModelManager:
             return
         recorder = self._observer.recorder(version.name, version.label)
         batcher = build_scheduler(version, host, signature, recorder)
-        self._ready(
-            version,
-            Loaded(
-                runtime.platform,
-                runtime.triton_platform,
-                signature,
-                self._guard(signature),
-                recorder,
-                Batched(host, batcher),
-            ),
+        loaded = Loaded(
+            runtime.platform,
+            runtime.triton_platform,
+            signature,
+            self._guard(signature),
+            recorder,
+            Batched(host, batcher),
         )
+        if not self._ready(version, loaded):
+            host.close()  # no request ever reached it: the batcher has nothing to stop
+            log.info(
+                "model %s version %d was retired while it loaded", version.name, version.number
+            )
+            return
         log.info(
             "model %s version %d is READY (%s, %d %s instance(s))",
             version.name,
@@ -333,8 +356,14 @@ class ModelManager:
             signature.inputs, signature.outputs, signature.max_batch_size, self._limits
         )
 
-    def _ready(self, version: ModelVersion, loaded: Loaded) -> None:
+    def _ready(self, version: ModelVersion, loaded: Loaded) -> bool:
+        """Make a loaded version READY, unless it was retired (or the manager closed) while it
+        loaded: then it is never served, and the caller closes what it loaded."""
+        if self._closing or not isinstance(version.phase, Loading):
+            version.phase = Unloaded()
+            return False
         version.phase = Ready(ModelHandle(version, loaded))
+        return True
 
     def _fail(self, version: ModelVersion, reason: str) -> None:
         version.phase = Failed(reason)
@@ -462,6 +491,8 @@ class ModelManager:
         return names + [n for n, r in self._records.items() if r.error and r.error != "unloaded"]
 
     async def close(self) -> None:
+        """Close every version; one still loading closes itself when its load returns."""
+        self._closing = True
         for version in list(self.all_versions()):
             version.retire()
             await version.close()

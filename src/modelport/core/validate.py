@@ -64,8 +64,12 @@ def element_count(shape: Sequence[int]) -> int:
 
 Shape = tuple[int, ...]
 
-_GUARD_ONLY: Final = object()
-"""Proof that a ValidatedRequest was made by this module (by an InputGuard)."""
+
+class _Proof:
+    """Only this module has an instance: proof that a guard made the ValidatedRequest."""
+
+
+_GUARD_ONLY: Final = _Proof()
 
 
 class ValidatedRequest:
@@ -74,7 +78,7 @@ class ValidatedRequest:
 
     __slots__ = ("guard", "request")
 
-    def __init__(self, request: InferRequest, guard: InputGuard, proof: object) -> None:
+    def __init__(self, request: InferRequest, guard: InputGuard, proof: _Proof) -> None:
         if proof is not _GUARD_ONLY:
             raise TypeError("a ValidatedRequest comes from InputGuard.builder() or .validate()")
         self.request = request
@@ -132,13 +136,13 @@ class RequestBuilder:
     ) -> ValidatedRequest:
         """The request, once every input is there; `deadline` (seconds, e.g. gRPC's) caps the
         `timeout` parameter."""
-        missing = set(self._declared).difference(self._arrays)
-        if missing:
+        if len(self._declared) != len(self._arrays):  # add() takes declared names only
+            missing = set(self._declared).difference(self._arrays)
             raise InvalidInput(f"input(s) declared without data: {', '.join(sorted(missing))}")
         if not self._arrays:
             raise InvalidInput("the request has no inputs")
         self._guard.check_complete(self._arrays)
-        params = dict(parameters or {})
+        params = dict(parameters) if parameters else {}
         timeout = timeout_from_microseconds(params.get("timeout"))
         if deadline is not None:
             timeout = deadline if timeout is None else min(deadline, timeout)

@@ -1,12 +1,13 @@
 """One model version and the phase it is in, each phase carrying exactly its own data.
 
-    Loading --> Ready(loaded) --> Draining(loaded) --> Unloaded
+    Loading --> Ready(handle) --> Draining(loaded) --> Unloaded
         \\--> Failed(reason)
 
-A version starts Loading; a load ends Ready (with the loaded model, its scheduler, guard and
-recorder) or Failed (with the reason). When retired it turns Draining: it takes no new requests,
-and is closed only after the requests already in it have finished, ending Unloaded. The wire
-states (Triton's) are LOADING, READY, UNAVAILABLE (draining or unloaded) and FAILED.
+A version starts Loading; a load ends Ready (with the handle frontends get, which holds the
+loaded model, its scheduler, guard and recorder) or Failed (with the reason). When retired it
+turns Draining: it takes no new requests, and is closed only after the requests already in it
+have finished, ending Unloaded. The wire states (Triton's) are LOADING, READY, UNAVAILABLE
+(draining or unloaded) and FAILED.
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ class ModelVersion:
 
     @property
     def label(self) -> str:
+        """The number as the protocols write it ("3"); not a routing label."""
         return str(self.number)
 
     @property
@@ -158,7 +160,7 @@ class ModelVersion:
         """Take no new requests; returns what must be drained and closed, if anything."""
         phase = self.phase
         if isinstance(phase, Ready):
-            phase = self.phase = Draining(phase.handle.loaded)
+            phase = self.phase = Draining(phase.handle._loaded)
         if isinstance(phase, Draining):
             return phase.loaded
         self.phase = Unloaded()
@@ -169,7 +171,7 @@ class ModelVersion:
         phase = self.phase
         self.phase = Unloaded()
         if isinstance(phase, Ready):
-            work = phase.handle.loaded.work
+            work = phase.handle._loaded.work
         elif isinstance(phase, Draining):
             work = phase.loaded.work
         else:
@@ -181,48 +183,32 @@ class ModelVersion:
 
 class ModelHandle:
     """A READY model version as frontends see it: what they need to decode and answer requests
-    for it, and nothing they could change. Made once per load; the data plane runs it."""
+    for it. Made once per load; only the data plane runs it (through `_version`, `_loaded`)."""
 
-    __slots__ = ("loaded", "target")
+    __slots__ = ("_loaded", "_version", "config", "guard", "name", "signature", "version")
 
-    def __init__(self, target: ModelVersion, loaded: Loaded) -> None:
-        self.target = target
-        """The version this handle runs on (the data plane's business, not a frontend's)."""
-        self.loaded = loaded
-
-    @property
-    def name(self) -> str:
-        return self.target.name
-
-    @property
-    def version(self) -> str:
+    def __init__(self, version: ModelVersion, loaded: Loaded) -> None:
+        self._version = version
+        self._loaded = loaded
+        self.name = version.name
+        self.version = version.label
         """The version number as the protocols write it ("1")."""
-        return self.target.label
+        self.config = version.config
+        self.guard = loaded.guard
+        self.signature = loaded.signature
 
     @property
     def platform(self) -> str:
-        return self.loaded.platform
+        return self._loaded.platform
 
     @property
     def triton_platform(self) -> str:
-        return self.loaded.triton_platform
-
-    @property
-    def signature(self) -> ServingSignature:
-        return self.loaded.signature
-
-    @property
-    def guard(self) -> InputGuard:
-        return self.loaded.guard
-
-    @property
-    def config(self) -> ModelConfig:
-        return self.target.config
+        return self._loaded.triton_platform
 
     @property
     def serving(self) -> bool:
         """Whether this load still takes requests (False once it was retired or replaced)."""
-        phase = self.target.phase
+        phase = self._version.phase
         return isinstance(phase, Ready) and phase.handle is self
 
 

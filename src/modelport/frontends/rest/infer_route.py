@@ -15,7 +15,7 @@ from modelport.core.errors import InvalidInput, PayloadTooLarge
 from modelport.core.validate import InputGuard, ValidatedRequest
 from modelport.frontends.compression import choose_encoding, decode_body, encode_body
 from modelport.frontends.rest.errors import error_answer, error_json
-from modelport.frontends.rest.off_loop import OffLoop
+from modelport.frontends.rest.off_loop import OFF_LOOP_BYTES, OffLoop
 from modelport.frontends.rest.v2_codec import (
     OutputFormat,
     decode_request,
@@ -91,17 +91,20 @@ class InferFastPath:
                 _text(fields, b"inference-header-content-length"), len(body)
             )
             args = (body, header_length, guard, name, version)
-            if self._off_loop.is_large(len(body)):
-                request, output_format = await self._off_loop.run(decode_request, *args)
-            else:
+            if len(body) < OFF_LOOP_BYTES:
                 request, output_format = decode_request(*args)
+            else:
+                request, output_format = await self._off_loop.run(decode_request, *args)
             return request
 
         response = await self._plane.infer(handle, decode)
         size = sum(array.nbytes for array in response.outputs.values())
-        payload, json_length = await self._off_loop.run_if_large(
-            size, encode_response, response, output_format
-        )
+        if size < OFF_LOOP_BYTES:
+            payload, json_length = encode_response(response, output_format)
+        else:
+            payload, json_length = await self._off_loop.run(
+                encode_response, response, output_format
+            )
         headers = [_BINARY] if json_length is not None else list(_JSON)
         if json_length is not None:
             headers.append((b"inference-header-content-length", str(json_length).encode()))
