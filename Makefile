@@ -7,7 +7,7 @@ GRPC_PORT ?= 8001
 HOST ?= 127.0.0.1
 SERVE_ARGS ?=
 
-.PHONY: serve test lint format examples proto bench bench-peers bench-workers bench-ceiling bench-memory bench-runtimes bench-optimize clean
+.PHONY: serve test lint format examples proto bench bench-peers bench-workers bench-ceiling bench-ab bench-memory bench-runtimes bench-optimize clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "modelport needs Python 3.11+"'
@@ -27,6 +27,7 @@ serve: $(VENV)/.installed
 
 # The quality gates (lint), then the tests.
 test: lint
+	bash scripts/install_test_deps.sh
 	$(BIN)/python -m pytest
 
 # ruff (lint, format); mypy --strict on src/modelport; import-linter's layer contracts. Config
@@ -64,6 +65,13 @@ bench-workers: $(VENV)/.installed-dev
 # cnn against the raw onnxruntime ceiling in alternating rounds; needs: setup.sh torch perf
 bench-ceiling: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/ceiling_rounds.py --tag $${TAG:-run} --rounds $${ROUNDS:-5}
+
+# this checkout against BEFORE (a commit; default HEAD~1) in alternating rounds, mlp and cnn at c=32
+# with wrk, perf_analyzer HTTP and gRPC; makes a worktree + venv for BEFORE in /tmp and removes it
+# afterwards; needs: bash ../shared/bench/setup.sh torch perf
+bench-ab: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/ab_rounds.py --tag $${TAG:-run} --rounds $${ROUNDS:-3} \
+		--before /tmp/modelport-ab-$${TAG:-run} --before-commit $$(git rev-parse --short $${BEFORE:-HEAD~1})
 
 # memory and start-up with both bench models in one server, next to MLServer (setup.sh mlserver)
 bench-memory: $(VENV)/.installed-dev

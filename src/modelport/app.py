@@ -17,14 +17,31 @@ from modelport.core.data_plane import DataPlane
 from modelport.core.manager import ModelManager
 from modelport.core.validate import Limits
 from modelport.frontends.grpc.server import GrpcServer
+from modelport.frontends.queue.service import QueueService
 from modelport.frontends.rest import create_app
+from modelport.frontends.rest.off_loop import OffLoop
 from modelport.observability.metrics import Metrics
+from modelport.observability.queue_metrics import QueueMetrics, queue_metrics
 from modelport.repository import LocalRepository
 from modelport.repository.poller import RepositoryPoller
 from modelport.runtimes import RuntimeRegistry
 from modelport.settings import ServerSettings
 
 log = logging.getLogger("modelport")
+
+
+class _NoQueueMetrics:
+    """Stands in when no queue is configured (the service then has no consumers at all)."""
+
+    def received(self) -> None: ...
+    def replied(self, status: int, seconds: float) -> None: ...
+    def retried(self) -> None: ...
+    def dead_lettered(self) -> None: ...
+    def in_flight(self, delta: int) -> None: ...
+    def connected(self, up: bool) -> None: ...
+
+
+_NO_QUEUE_METRICS = _NoQueueMetrics()
 
 EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics", "model_repository")
 
@@ -61,6 +78,13 @@ def build(settings: ServerSettings, grpc_socket: socket.socket | None = None) ->
         if settings.model_control_mode == "poll"
         else None
     )
+    families = queue_metrics(metrics) if settings.queue else None
+    queues = QueueService(
+        plane,
+        settings.queue_endpoints(),
+        lambda label: QueueMetrics(families, label) if families else _NO_QUEUE_METRICS,
+        OffLoop(),
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -83,7 +107,7 @@ def build(settings: ServerSettings, grpc_socket: socket.socket | None = None) ->
         await grpc_server.start()
         log.info("v2 gRPC on %s:%d", settings.host, settings.grpc_port)
         loading = asyncio.create_task(
-            _follow(plane, poller, loaded=one_of_several), name="modelport-start"
+            _follow(plane, poller, queues, loaded=one_of_several), name="modelport-start"
         )
         loading.add_done_callback(_report_loaded)
         try:
@@ -92,6 +116,7 @@ def build(settings: ServerSettings, grpc_socket: socket.socket | None = None) ->
             loading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loading
+            await queues.stop()  # finishes and acknowledges the queue requests in flight
             await grpc_server.stop(grace=5)
             await plane.close()
 
@@ -108,10 +133,15 @@ async def _load(plane: DataPlane, poller: RepositoryPoller | None) -> None:
     log.info("the initial load has finished; the server is ready")
 
 
-async def _follow(plane: DataPlane, poller: RepositoryPoller | None, loaded: bool) -> None:
-    """Load the repository (unless done), then in poll mode follow it until the server stops."""
+async def _follow(
+    plane: DataPlane, poller: RepositoryPoller | None, queues: QueueService, loaded: bool
+) -> None:
+    """Load the repository (unless done), start reading the queues (a request read before its
+    model loaded would be answered 404), then in poll mode follow the repository until the
+    server stops."""
     if not loaded:
         await _load(plane, poller)
+    queues.start()
     if poller is not None:
         log.info("polling the model repository every %g s", poller.interval)
         await poller.run()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from modelport.frontends.queue.endpoint import EndpointError, QueueEndpoint, parse_endpoints
 
 EXAMPLE_REPOSITORY = Path(__file__).parent / "examples" / "repository"
 
@@ -28,6 +30,25 @@ class ServerSettings(BaseSettings):
     """Models to load at start in explicit mode ("*" for all); other modes load everything."""
     workers: int = Field(default=1, ge=1, le=64)
     """Server processes sharing the ports, each with its own copy of the models (serving.py)."""
+    queue: Annotated[tuple[str, ...], NoDecode] = ()
+    """Message queues to serve (--queue, repeatable; MODELPORT_QUEUE is comma-separated)."""
+
+    @field_validator("queue", mode="before")
+    @classmethod
+    def _split_queues(cls, value: object) -> object:
+        return tuple(value.split(",")) if isinstance(value, str) else value
+
+    @field_validator("queue")
+    @classmethod
+    def _queues_usable(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        try:
+            parse_endpoints(value)
+        except EndpointError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    def queue_endpoints(self) -> tuple[QueueEndpoint, ...]:
+        return parse_endpoints(self.queue)
 
     @model_validator(mode="after")
     def _one_process_for_explicit_control(self) -> ServerSettings:

@@ -11,6 +11,7 @@ import click
 from modelport.__about__ import __version__
 from modelport.cli import operate
 from modelport.cli import optimize as optimize_commands
+from modelport.cli.queue import queue as queue_commands
 
 
 @click.group()
@@ -74,6 +75,14 @@ def cli() -> None:
     "More help models that are cheap to run; see the README.",
 )
 @click.option(
+    "--queue",
+    "queue",
+    multiple=True,
+    help="Also serve requests from a message queue: redis://, amqp:// or nats:// URL "
+    "(repeatable; query parameters such as ?requests=NAME&model=NAME override the defaults; "
+    "see the README).",
+)
+@click.option(
     "--log-level",
     default=None,
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
@@ -102,6 +111,7 @@ for command in (
     operate.promote,
     operate.rollback,
     operate.models,
+    queue_commands,
     *optimize_commands.COMMANDS,
 ):
     cli.add_command(command)
