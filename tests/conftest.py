@@ -8,6 +8,9 @@ import pytest
 from tests.digits import Digits, digits, mlp, train
 from tests.support import Server, run_server, standard_repository
 
+# The real brokers, once per session for every module that uses them.
+pytest_plugins = ("tests.broker_fixtures",)
+
 
 @pytest.fixture(scope="session")
 def standard_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -14,14 +14,7 @@ import redis
 from nats.js.api import StorageType
 from pamqp.commands import Basic
 
-from tests.broker_fixtures import (  # noqa: F401
-    fresh_nats_broker,
-    fresh_redis_broker,
-    nats_broker,
-    rabbit_broker,
-    redis_broker,
-    started,
-)
+from tests.broker_fixtures import started
 from tests.brokers import Broker, NatsBroker, RabbitBroker, RedisBroker, marked_processes
 
 
@@ -56,7 +49,7 @@ def redis_client(broker: RedisBroker) -> redis.Redis:
     return redis.Redis.from_url(broker.url, decode_responses=True, socket_timeout=10)
 
 
-def test_redis_stream_round_trip(redis_broker: RedisBroker) -> None:  # noqa: F811
+def test_redis_stream_round_trip(redis_broker: RedisBroker) -> None:
     stream, group = unique("requests-"), "workers"
     with redis_client(redis_broker) as client:
         client.xgroup_create(stream, group, id="0", mkstream=True)
@@ -67,7 +60,7 @@ def test_redis_stream_round_trip(redis_broker: RedisBroker) -> None:  # noqa: F8
         assert client.xpending(stream, group)["pending"] == 0
 
 
-def test_redis_restart_keeps_stream_entry(redis_broker: RedisBroker) -> None:  # noqa: F811
+def test_redis_restart_keeps_stream_entry(redis_broker: RedisBroker) -> None:
     stream, group = unique("requests-"), "workers"
     with redis_client(redis_broker) as client:
         client.xgroup_create(stream, group, id="0", mkstream=True)
@@ -80,7 +73,7 @@ def test_redis_restart_keeps_stream_entry(redis_broker: RedisBroker) -> None:  #
         assert client.xack(stream, group, entry) == 1
 
 
-def test_redis_kill_keeps_written_entry(fresh_redis_broker: RedisBroker) -> None:  # noqa: F811
+def test_redis_kill_keeps_written_entry(fresh_redis_broker: RedisBroker) -> None:
     """appendfsync always: an entry XADD answered survives SIGKILL."""
     stream = unique("requests-")
     with redis_client(fresh_redis_broker) as client:
@@ -128,13 +121,13 @@ async def rabbit_consume_one(url: str, queue_name: str) -> bytes:
         return message.body
 
 
-def test_rabbit_durable_queue_round_trip(rabbit_broker: RabbitBroker) -> None:  # noqa: F811
+def test_rabbit_durable_queue_round_trip(rabbit_broker: RabbitBroker) -> None:
     queue = unique("requests-")
     asyncio.run(rabbit_publish(rabbit_broker.url, queue, b"hello"))
     assert asyncio.run(rabbit_consume_one(rabbit_broker.url, queue)) == b"hello"
 
 
-def test_rabbit_restart_keeps_persistent_message(rabbit_broker: RabbitBroker) -> None:  # noqa: F811
+def test_rabbit_restart_keeps_persistent_message(rabbit_broker: RabbitBroker) -> None:
     queue = unique("requests-")
     asyncio.run(rabbit_publish(rabbit_broker.url, queue, b"kept"))
     commands = " | ".join(cmdline(pid) for pid in rabbit_broker.survivors())
@@ -143,7 +136,7 @@ def test_rabbit_restart_keeps_persistent_message(rabbit_broker: RabbitBroker) ->
     assert asyncio.run(rabbit_consume_one(rabbit_broker.url, queue)) == b"kept"
 
 
-def test_rabbit_kill_leaves_nothing(rabbit_broker: RabbitBroker) -> None:  # noqa: F811
+def test_rabbit_kill_leaves_nothing(rabbit_broker: RabbitBroker) -> None:
     """SIGKILL ends every process RabbitMQ started (the start script, beam.smp, epmd, ...), and a
     persistent message the broker confirmed survives it."""
     queue = unique("requests-")
@@ -184,13 +177,13 @@ async def nats_fetch_one(url: str, stream: str) -> bytes:
         await client.close()
 
 
-def test_nats_jetstream_round_trip(nats_broker: NatsBroker) -> None:  # noqa: F811
+def test_nats_jetstream_round_trip(nats_broker: NatsBroker) -> None:
     stream = unique("REQUESTS_")
     asyncio.run(nats_publish(nats_broker.url, stream, b"hello"))
     assert asyncio.run(nats_fetch_one(nats_broker.url, stream)) == b"hello"
 
 
-def test_nats_restart_keeps_jetstream_message(nats_broker: NatsBroker) -> None:  # noqa: F811
+def test_nats_restart_keeps_jetstream_message(nats_broker: NatsBroker) -> None:
     stream = unique("REQUESTS_")
     asyncio.run(nats_publish(nats_broker.url, stream, b"kept"))
     restart_keeps_address(nats_broker)
@@ -201,8 +194,8 @@ def test_nats_restart_keeps_jetstream_message(nats_broker: NatsBroker) -> None: 
 
 
 def test_stop_and_kill_leave_nothing(
-    fresh_redis_broker: RedisBroker,  # noqa: F811
-    fresh_nats_broker: NatsBroker,  # noqa: F811
+    fresh_redis_broker: RedisBroker,
+    fresh_nats_broker: NatsBroker,
 ) -> None:
     for broker in (fresh_redis_broker, fresh_nats_broker):
         pids = broker.survivors()

@@ -27,7 +27,6 @@ from modelport.frontends.queue.nats_jetstream import (
     sync_subject,
 )
 from modelport.frontends.queue.transport import BrokerUnavailable, Delivery
-from tests.broker_fixtures import fresh_nats_broker, nats_broker  # noqa: F401
 from tests.brokers import NatsBroker
 
 BODY = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}]})
@@ -91,7 +90,7 @@ async def stream_messages(url: str, stream: str) -> int:
         await nc.close()
 
 
-def test_a_request_round_trip(nats_broker: NatsBroker) -> None:  # noqa: F811
+def test_a_request_round_trip(nats_broker: NatsBroker) -> None:
     endpoint = fresh_endpoint(nats_broker)
 
     async def main() -> None:
@@ -133,7 +132,7 @@ def test_a_request_round_trip(nats_broker: NatsBroker) -> None:  # noqa: F811
     asyncio.run(main())
 
 
-def test_a_reply_goes_where_the_request_says(nats_broker: NatsBroker) -> None:  # noqa: F811
+def test_a_reply_goes_where_the_request_says(nats_broker: NatsBroker) -> None:
     endpoint = fresh_endpoint(nats_broker)
     mine = f"{endpoint.replies}.mine"  # captured by no stream: a core publish
 
@@ -152,7 +151,7 @@ def test_a_reply_goes_where_the_request_says(nats_broker: NatsBroker) -> None:  
     asyncio.run(main())
 
 
-def test_an_acknowledged_request_is_not_delivered_again(nats_broker: NatsBroker) -> None:  # noqa: F811
+def test_an_acknowledged_request_is_not_delivered_again(nats_broker: NatsBroker) -> None:
     endpoint = fresh_endpoint(nats_broker)
 
     async def main() -> None:
@@ -167,7 +166,7 @@ def test_an_acknowledged_request_is_not_delivered_again(nats_broker: NatsBroker)
     asyncio.run(main())
 
 
-def test_an_unacknowledged_request_comes_back_after_ack_wait(nats_broker: NatsBroker) -> None:  # noqa: F811
+def test_an_unacknowledged_request_comes_back_after_ack_wait(nats_broker: NatsBroker) -> None:
     endpoint = fresh_endpoint(nats_broker)
 
     async def main() -> None:
@@ -184,7 +183,7 @@ def test_an_unacknowledged_request_comes_back_after_ack_wait(nats_broker: NatsBr
 
 
 def test_a_retry_comes_back_after_its_delay_with_one_more_attempt(
-    nats_broker: NatsBroker,  # noqa: F811
+    nats_broker: NatsBroker,
 ) -> None:
     endpoint = fresh_endpoint(nats_broker)
 
@@ -203,7 +202,7 @@ def test_a_retry_comes_back_after_its_delay_with_one_more_attempt(
     asyncio.run(main())
 
 
-def test_a_dead_letter_keeps_the_request_with_its_error(nats_broker: NatsBroker) -> None:  # noqa: F811
+def test_a_dead_letter_keeps_the_request_with_its_error(nats_broker: NatsBroker) -> None:
     endpoint = fresh_endpoint(nats_broker)
 
     async def main() -> None:
@@ -228,7 +227,7 @@ def test_a_dead_letter_keeps_the_request_with_its_error(nats_broker: NatsBroker)
     asyncio.run(main())
 
 
-def test_a_synchronous_request_gets_its_reply(nats_broker: NatsBroker) -> None:  # noqa: F811
+def test_a_synchronous_request_gets_its_reply(nats_broker: NatsBroker) -> None:
     endpoint = fresh_endpoint(nats_broker)
 
     async def main() -> None:
@@ -268,7 +267,7 @@ def test_a_synchronous_request_gets_its_reply(nats_broker: NatsBroker) -> None: 
     asyncio.run(main())
 
 
-def test_a_synchronous_retry_is_held_by_this_server(nats_broker: NatsBroker) -> None:  # noqa: F811
+def test_a_synchronous_retry_is_held_by_this_server(nats_broker: NatsBroker) -> None:
     endpoint = fresh_endpoint(nats_broker)
 
     async def main() -> None:
@@ -298,7 +297,7 @@ def test_a_synchronous_retry_is_held_by_this_server(nats_broker: NatsBroker) -> 
 
 
 def test_an_unacknowledged_request_survives_a_broker_restart(
-    fresh_nats_broker: NatsBroker,  # noqa: F811
+    fresh_nats_broker: NatsBroker,
 ) -> None:
     endpoint = fresh_endpoint(fresh_nats_broker)
 
@@ -346,7 +345,7 @@ def test_an_unacknowledged_request_survives_a_broker_restart(
     asyncio.run(main())
 
 
-def test_a_deleted_consumer_is_noticed(nats_broker: NatsBroker) -> None:  # noqa: F811
+def test_a_deleted_consumer_is_noticed(nats_broker: NatsBroker) -> None:
     endpoint = fresh_endpoint(nats_broker)
 
     async def main() -> None:
@@ -369,7 +368,7 @@ def test_a_deleted_consumer_is_noticed(nats_broker: NatsBroker) -> None:  # noqa
     asyncio.run(main())
 
 
-def test_a_stream_with_other_subjects_is_left_alone(nats_broker: NatsBroker) -> None:  # noqa: F811
+def test_a_stream_with_other_subjects_is_left_alone(nats_broker: NatsBroker) -> None:
     endpoint = fresh_endpoint(nats_broker)
 
     async def main() -> None:

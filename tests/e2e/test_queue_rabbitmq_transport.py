@@ -23,7 +23,6 @@ from modelport.frontends.queue.rabbitmq import (
     RabbitTransport,
 )
 from modelport.frontends.queue.transport import BrokerUnavailable
-from tests.broker_fixtures import rabbit_broker  # noqa: F401
 from tests.brokers import RabbitBroker
 
 BODY = b'{"inputs": []}'
@@ -87,7 +86,7 @@ async def publish_raw(
         await connection.close()
 
 
-def test_request_reply_and_ack(rabbit_broker: RabbitBroker) -> None:  # noqa: F811
+def test_request_reply_and_ack(rabbit_broker: RabbitBroker) -> None:
     endpoint = endpoint_for(rabbit_broker)
     reply_to = f"{endpoint.requests}.answers"
 
@@ -128,7 +127,7 @@ def test_request_reply_and_ack(rabbit_broker: RabbitBroker) -> None:  # noqa: F8
     run(endpoint, scenario)
 
 
-def test_prefetch_bounds_what_is_in_flight(rabbit_broker: RabbitBroker) -> None:  # noqa: F811
+def test_prefetch_bounds_what_is_in_flight(rabbit_broker: RabbitBroker) -> None:
     endpoint = endpoint_for(rabbit_broker, max_in_flight="3")
 
     async def scenario(transport: RabbitTransport, client: RabbitQueueClient) -> None:
@@ -144,7 +143,7 @@ def test_prefetch_bounds_what_is_in_flight(rabbit_broker: RabbitBroker) -> None:
     run(endpoint, scenario)
 
 
-def test_unacked_delivery_comes_back_as_another_attempt(rabbit_broker: RabbitBroker) -> None:  # noqa: F811
+def test_unacked_delivery_comes_back_as_another_attempt(rabbit_broker: RabbitBroker) -> None:
     endpoint = endpoint_for(rabbit_broker)
 
     async def scenario(transport: RabbitTransport, client: RabbitQueueClient) -> None:
@@ -164,7 +163,7 @@ def test_unacked_delivery_comes_back_as_another_attempt(rabbit_broker: RabbitBro
     run(endpoint, scenario)
 
 
-def test_retry_republishes_with_attempts_and_acks_the_original(rabbit_broker: RabbitBroker) -> None:  # noqa: F811
+def test_retry_republishes_with_attempts_and_acks_the_original(rabbit_broker: RabbitBroker) -> None:
     endpoint = endpoint_for(rabbit_broker)
 
     async def scenario(transport: RabbitTransport, client: RabbitQueueClient) -> None:
@@ -182,7 +181,7 @@ def test_retry_republishes_with_attempts_and_acks_the_original(rabbit_broker: Ra
     run(endpoint, scenario)
 
 
-def test_retry_cancelled_during_its_delay_leaves_the_original(rabbit_broker: RabbitBroker) -> None:  # noqa: F811
+def test_retry_cancelled_during_its_delay_leaves_the_original(rabbit_broker: RabbitBroker) -> None:
     endpoint = endpoint_for(rabbit_broker)
 
     async def scenario(transport: RabbitTransport, client: RabbitQueueClient) -> None:
@@ -202,7 +201,7 @@ def test_retry_cancelled_during_its_delay_leaves_the_original(rabbit_broker: Rab
     run(endpoint, scenario)
 
 
-def test_dead_letter_keeps_the_error_and_attempts(rabbit_broker: RabbitBroker) -> None:  # noqa: F811
+def test_dead_letter_keeps_the_error_and_attempts(rabbit_broker: RabbitBroker) -> None:
     endpoint = endpoint_for(rabbit_broker)
 
     async def scenario(transport: RabbitTransport, client: RabbitQueueClient) -> None:
@@ -223,7 +222,7 @@ def test_dead_letter_keeps_the_error_and_attempts(rabbit_broker: RabbitBroker) -
     run(endpoint, scenario)
 
 
-def test_unreadable_messages_are_deliveries_without_a_request(rabbit_broker: RabbitBroker) -> None:  # noqa: F811
+def test_unreadable_messages_are_deliveries_without_a_request(rabbit_broker: RabbitBroker) -> None:
     endpoint = endpoint_for(rabbit_broker)
 
     async def scenario(transport: RabbitTransport, client: RabbitQueueClient) -> None:
@@ -242,7 +241,7 @@ def test_unreadable_messages_are_deliveries_without_a_request(rabbit_broker: Rab
     run(endpoint, scenario)
 
 
-def test_reply_to_an_unroutable_queue_raises(rabbit_broker: RabbitBroker) -> None:  # noqa: F811
+def test_reply_to_an_unroutable_queue_raises(rabbit_broker: RabbitBroker) -> None:
     endpoint = endpoint_for(rabbit_broker)
 
     async def scenario(transport: RabbitTransport, client: RabbitQueueClient) -> None:
@@ -263,7 +262,7 @@ def test_reply_to_an_unroutable_queue_raises(rabbit_broker: RabbitBroker) -> Non
     run(endpoint, scenario)
 
 
-def test_broker_killed_then_restarted(rabbit_broker: RabbitBroker) -> None:  # noqa: F811
+def test_broker_killed_then_restarted(rabbit_broker: RabbitBroker) -> None:
     endpoint = endpoint_for(rabbit_broker)
 
     async def main() -> None:

@@ -24,7 +24,6 @@ from modelport.examples import onnx_models
 from modelport.frontends.queue.client import DeadLetter, OutgoingRequest, client_for
 from modelport.frontends.queue.contract import Reply
 from modelport.frontends.queue.endpoint import parse_endpoint
-from tests.broker_fixtures import nats_broker, rabbit_broker, redis_broker  # noqa: F401
 from tests.support import MODELPORT, Server, add_model, free_port, wait_ready, wait_until
 
 FLAKY_MODEL = '''
