@@ -39,6 +39,7 @@ class _NoQueueMetrics:
     def dead_lettered(self) -> None: ...
     def in_flight(self, delta: int) -> None: ...
     def connected(self, up: bool) -> None: ...
+    def connection_lost(self) -> None: ...
 
 
 _NO_QUEUE_METRICS = _NoQueueMetrics()
@@ -52,6 +53,12 @@ class Application:
     plane: DataPlane
     metrics: Metrics
     http: ASGIApp
+    queues: QueueService
+
+    def stop_reading(self) -> None:
+        """The server is asked to stop: take no more queue requests from now on (those in
+        flight are answered during the shutdown that follows)."""
+        self.queues.stop_reading()
 
 
 def build(settings: ServerSettings, grpc_socket: socket.socket | None = None) -> Application:
@@ -123,7 +130,7 @@ def build(settings: ServerSettings, grpc_socket: socket.socket | None = None) ->
     http = create_app(
         plane, metrics, max_request_bytes=settings.max_request_bytes, lifespan=lifespan
     )
-    return Application(settings, plane, metrics, http)
+    return Application(settings, plane, metrics, http, queues)
 
 
 async def _load(plane: DataPlane, poller: RepositoryPoller | None) -> None:

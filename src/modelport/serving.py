@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from types import FrameType
 from typing import Any
 
 from modelport.settings import ServerSettings
@@ -66,7 +67,15 @@ def run_server(
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
     )
-    uvicorn.Server(config).run(sockets=[http_socket] if http_socket is not None else None)
+
+    class StoppingServer(uvicorn.Server):
+        """Stops taking queue requests when the signal comes, not after the HTTP drain."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            application.stop_reading()
+            super().handle_exit(sig, frame)
+
+    StoppingServer(config).run(sockets=[http_socket] if http_socket is not None else None)
 
 
 def bind(host: str, port: int, what: str) -> socket.socket:

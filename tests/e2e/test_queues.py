@@ -40,6 +40,21 @@ class Model:
             raise RuntimeError("the flaky model is failing on purpose")
         return {"y": np.asarray(inputs["x"], dtype=np.float32) * 2}
 '''
+HELD_MODEL = '''
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+class Model:
+    """Holds every run while the file `hold` exists beside this one."""
+
+    def predict(self, inputs):
+        while (Path(__file__).parent / "hold").exists():
+            time.sleep(0.01)
+        return {"y": np.asarray(inputs["x"], dtype=np.float32) * 2}
+'''
 FLAKY_CONFIG = """
 max_batch_size: 8
 inputs: [{name: x, datatype: FP32, shape: [-1, 2]}]
@@ -56,6 +71,10 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     flaky.mkdir(parents=True)
     (flaky / "model.py").write_text(FLAKY_MODEL)
     (root / "flaky" / "config.yaml").write_text(FLAKY_CONFIG)
+    held = root / "held" / "1"
+    held.mkdir(parents=True)
+    (held / "model.py").write_text(HELD_MODEL)
+    (root / "held" / "config.yaml").write_text(FLAKY_CONFIG)
     return root
 
 
@@ -360,19 +379,81 @@ def test_a_broker_restart_loses_nothing(
 def test_sigterm_answers_what_is_in_flight_before_exiting(
     repo: Path, tmp_path: Path, queue: Queue, exchange: Exchange
 ) -> None:
-    server = start_server(repo, tmp_path / "server.log", queue)
-    exchange.send_many([OutgoingRequest(mlp_body(1, n), f"d{n}", "mlp") for n in range(500)])
-    wait_until(
-        lambda: metric(server, "modelport_broker_messages_received_total") >= 100,
-        "requests being taken",
-    )
-    received_before = metric(server, "modelport_broker_messages_received_total")
-    assert stop(server) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
-    log = server.log_text()
-    assert "Traceback" not in log
-    replies = exchange.replies(int(received_before), "a reply for each request taken")
-    answered = {r.request_id for r in replies}
-    # everything not answered is still on the broker: a new server answers the rest
-    with serving(repo, tmp_path / "again.log", queue):
-        rest = exchange.replies(500 - len(answered), "the rest after a restart")
-    assert answered | {r.request_id for r in rest} == {f"d{n}" for n in range(500)}
+    hold = repo / "held" / "1" / "hold"
+    hold.touch()
+    try:
+        server = start_server(repo, tmp_path / "server.log", queue, "--log-level", "debug")
+        ids = [f"d{n}" for n in range(200)]
+        exchange.send_many([OutgoingRequest(flaky_body(), i, "held") for i in ids])
+        # the server takes max_in_flight (64) requests and no more while they are held
+        wait_until(
+            lambda: metric(server, "modelport_broker_messages_received_total") == 64,
+            "64 requests taken and held",
+        )
+        server.process.send_signal(signal.SIGTERM)
+        hold.unlink()  # the held requests finish only now, after the stop began
+        assert stop(server) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
+        assert "Traceback" not in server.log_text()
+        first = exchange.replies(64, "a reply for each request the stopping server held")
+        assert len(first) == 64 and all(reply.status == 200 for reply in first)
+        answered = {reply.request_id for reply in first}
+        # the rest stayed on the broker, unanswered: a new server answers them, none twice
+        with serving(repo, tmp_path / "again.log", queue):
+            rest = exchange.replies_for(set(ids) - answered, "the rest after a restart")
+        assert sorted(r.request_id for r in first + rest) == sorted(ids)
+    finally:
+        hold.unlink(missing_ok=True)
+
+
+def test_requests_in_flight_at_a_kill_are_answered_after_the_restart(
+    repo: Path, tmp_path: Path, queue: Queue, exchange: Exchange
+) -> None:
+    hold = repo / "held" / "1" / "hold"
+    hold.touch()
+    try:
+        server = start_server(repo, tmp_path / "server.log", queue)
+        ids = {f"h{n}" for n in range(100)}
+        exchange.send_many([OutgoingRequest(flaky_body(), i, "held") for i in sorted(ids)])
+        wait_until(
+            lambda: metric(server, "modelport_broker_messages_received_total") == 64,
+            "64 requests taken and held",
+        )
+        stop(server, signal.SIGKILL)  # 64 taken, none answered, none acknowledged
+        hold.unlink()
+        with serving(repo, tmp_path / "again.log", queue) as again:
+            replies = exchange.replies_for(ids, "every request, the 64 killed ones too")
+            # the killed server's requests were handed out again (their attempts counted)
+            assert metric(again, "modelport_broker_messages_received_total") >= 100
+        assert {r.request_id for r in replies} == ids
+        assert all(reply.status == 200 for reply in replies)
+    finally:
+        hold.unlink(missing_ok=True)
+
+
+def test_redis_a_reply_to_that_is_no_stream_sends_the_request_to_the_dead_letters(
+    redis_broker: Any, repo: Path, tmp_path: Path
+) -> None:
+    import redis
+
+    queue = Queue.fresh(redis_broker)
+    exchange = Exchange(queue)
+    client = redis.Redis.from_url(redis_broker.url)
+    try:
+        client.set("not-a-stream", "x")
+        with serving(repo, tmp_path / "server.log", queue):
+            exchange._run(
+                exchange._client.send(
+                    OutgoingRequest(mlp_body(1, 0), "wrong-type", "mlp", reply_to="not-a-stream")
+                )
+            )
+            wait_until(lambda: bool(exchange.dead_letters()), "the dead letter")
+        [dead] = exchange.dead_letters()
+        assert dead.request_id == "wrong-type" and "refused" in dead.error
+        assert client.get("not-a-stream") == b"x"
+        # settled once: nothing is left pending in the group for another attempt
+        pending = client.xpending(exchange.endpoint.requests, exchange.endpoint.group)
+        assert pending["pending"] == 0
+    finally:
+        client.delete("not-a-stream")
+        client.close()
+        exchange.close()

@@ -53,6 +53,12 @@ class QueueMetricFamilies:
             registry=registry,
             multiprocess_mode="liveall",
         )
+        self.lost = Counter(
+            "modelport_broker_connections_lost",
+            "Times the queue's broker connection was lost (or could not be made) and retried.",
+            labels,
+            registry=registry,
+        )
         self.seconds = Histogram(
             "modelport_broker_processing_seconds",
             "Time from taking a message to the broker accepting its reply.",
@@ -73,6 +79,7 @@ class QueueMetrics:
         self._dead = families.dead.labels(queue)
         self._in_flight = families.in_flight.labels(queue)
         self._connected = families.connected.labels(queue)
+        self._lost = families.lost.labels(queue)
         self._seconds = families.seconds.labels(queue)
 
     def received(self) -> None:
@@ -93,6 +100,9 @@ class QueueMetrics:
 
     def connected(self, up: bool) -> None:
         self._connected.set(1 if up else 0)
+
+    def connection_lost(self) -> None:
+        self._lost.inc()
 
 
 def queue_metrics(metrics: Metrics) -> QueueMetricFamilies:

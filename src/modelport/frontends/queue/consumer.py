@@ -16,6 +16,8 @@ log = logging.getLogger("modelport.queue")
 
 RECONNECT_FIRST_S = 0.2
 RECONNECT_MAX_S = 10.0
+DRAIN_TIMEOUT_S = 30.0
+"""How long a stop waits for the requests in flight; what is left stays on the broker."""
 
 
 class QueueConsumer:
@@ -50,6 +52,7 @@ class QueueConsumer:
                 await self._consume()
             except Exception as exc:  # any broker client error: reconnect, keep serving
                 self._set_connected(False, f"{type(exc).__name__}: {exc}")
+                self._observer.connection_lost()
                 log.warning(
                     "queue %s %s: %s; reconnecting in %.1f s",
                     self.endpoint.safe_url,
@@ -127,7 +130,10 @@ class QueueConsumer:
     async def _finish(self) -> None:
         """Answer what is in flight; requests waiting for a retry stay unsettled on the broker,
         which hands them out again (to this server after a restart, or to another)."""
-        if self._working:
+        if self._working:  # bounded: a broker that stopped answering cannot hold the stop
+            _, late = await asyncio.wait(self._working, timeout=DRAIN_TIMEOUT_S)
+            for task in late:
+                task.cancel()
             await asyncio.gather(*self._working, return_exceptions=True)
         for task in list(self._waiting):
             task.cancel()

@@ -121,13 +121,22 @@ def parse_endpoints(values: tuple[str, ...]) -> tuple[QueueEndpoint, ...]:
     return tuple(parse_endpoint(url) for url in urls)
 
 
+_SECRET_PARAMETERS = re.compile(r"pass|token|secret|key|cred|auth|nkey|jwt", re.IGNORECASE)
+
+
 def _redact(parts: SplitResult) -> str:
+    """The URL without its secrets: no password, no user part that is alone (a NATS token is
+    written `nats://TOKEN@host`), no query parameter that looks like a credential."""
     host = parts.hostname or ""
     if parts.port is not None:
         host = f"{host}:{parts.port}"
-    if parts.username:
+    if parts.username and parts.password is not None:
         host = f"{parts.username}@{host}"
-    return urlunsplit(parts._replace(netloc=host))
+    query = [
+        (key, "***" if _SECRET_PARAMETERS.search(key) else value)
+        for key, value in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return urlunsplit(parts._replace(netloc=host, query=urlencode(query)))
 
 
 def _name(where: str, key: str, value: str) -> str:

@@ -109,6 +109,11 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _valid_subject(subject: str) -> bool:
+    tokens = subject.split(".")
+    return all(t and not any(c in t for c in " \t\r\n*>") for t in tokens)
+
+
 @contextlib.contextmanager
 def _unavailable(what: str) -> Iterator[None]:
     """Broker client errors as BrokerUnavailable (TimeoutError, and so nats' timeouts, is an
@@ -273,8 +278,10 @@ def _queue_request(
         version=_header(headers, VERSION),
         request_id=_header(headers, MSG_ID) or _header(headers, ID),
         reply_to=reply_to,
-        content_type=_header(headers, CONTENT_TYPE),
-        header_length=_header(headers, HEADER_LENGTH),
+        content_type=_header(headers, CONTENT_TYPE) or _header(headers, "content_type"),
+        # the contract's field name, as the other brokers spell it, is accepted too
+        header_length=_header(headers, HEADER_LENGTH)
+        or _header(headers, "inference_header_content_length"),
         traceparent=_header(headers, TRACEPARENT),
     )
 
@@ -566,11 +573,14 @@ class NatsTransport:
     async def reply(self, reply_to: str, reply: Reply) -> None:
         nc, js, _ = self._connected()
         headers = _reply_headers(reply)
-        if len(reply.body) > nc.max_payload:  # it would never fit: dead-letter, not redeliver
+        size = len(reply.body) + sum(len(k) + len(v) + 4 for k, v in headers.items()) + 16
+        if size > nc.max_payload:  # it would never fit: refused, not redelivered forever
             raise ReplyRefused(
-                f"the reply of {len(reply.body)} bytes exceeds the server's max_payload of "
+                f"the reply of about {size} bytes exceeds the server's max_payload of "
                 f"{nc.max_payload}"
             )
+        if not _valid_subject(reply_to):
+            raise ReplyRefused(f"{reply_to!r} is not a valid NATS subject")
         with _unavailable(f"publishing a reply to {reply_to}"):
             stream = None
             if reply_to in self._direct:
@@ -599,6 +609,10 @@ class NatsTransport:
         headers = _dead_headers(msg.headers or {}, attempts, error)
         with _unavailable("dead-lettering a synchronous request"):
             await js.publish(self.endpoint.dead, msg.data, timeout=API_TIMEOUT_S, headers=headers)
+
+    async def reply_and_ack(self, reply_to: str, reply: Reply, delivery: Delivery) -> None:
+        await self.reply(reply_to, reply)
+        await delivery.ack()
 
     async def close(self) -> None:
         """Stop fetching, hand back what was fetched but not started, answer waiting synchronous

@@ -31,7 +31,7 @@ MAX_RETRY_DELAY_S = 30.0
 
 
 class QueueObserver(Protocol):
-    """What a queue reports (observability.metrics implements it)."""
+    """What a queue reports (observability/queue_metrics.py implements it)."""
 
     def received(self) -> None: ...
 
@@ -44,6 +44,8 @@ class QueueObserver(Protocol):
     def in_flight(self, delta: int) -> None: ...
 
     def connected(self, up: bool) -> None: ...
+
+    def connection_lost(self) -> None: ...
 
 
 class QueueProcessor:
@@ -62,8 +64,11 @@ class QueueProcessor:
         self._off_loop = off_loop
 
     def retry_delay(self, attempts: int) -> float:
-        """Seconds before attempt number attempts + 1 (attempts made so far: 1 or more)."""
-        return float(min(self._endpoint.retry_delay * 2 ** (attempts - 1), MAX_RETRY_DELAY_S))
+        """Seconds before attempt number attempts + 1 (attempts made so far: 1 or more). Kept
+        under half the visibility timeout, so a request waiting out its delay is not handed to
+        another consumer meanwhile."""
+        cap = min(MAX_RETRY_DELAY_S, self._endpoint.visibility_timeout / 2)
+        return float(min(self._endpoint.retry_delay * 2 ** (attempts - 1), cap))
 
     async def process(self, delivery: Delivery) -> bool:
         """Answer and settle one delivery. Returns True when it was handed back for another
@@ -74,51 +79,90 @@ class QueueProcessor:
         attempt = delivery.attempts + 1
         if request is None:
             problem = f"the message is not a request: {delivery.problem}"
-            if delivery.reply_to is not None:
-                await self._reply(
-                    delivery.reply_to, _error_reply("", "", "", 400, problem), started
-                )
-            await delivery.dead_letter(attempt, problem)
-            self._observer.dead_lettered()
+            reply = _error_reply("", "", "", 400, problem)
+            if delivery.reply_to is None or await self._reply_or_refused(
+                delivery.reply_to, reply, started
+            ):
+                await self._dead_letter(delivery, attempt, problem)
             return False
         reply_to = request.reply_to or self._endpoint.replies
+        model = request.model or self._endpoint.model or ""
+        version = request.version or self._endpoint.version or ""
+        if delivery.attempts >= self._endpoint.max_attempts:
+            # handed out this often already without being settled: it may be what kills the
+            # server (a poison message), so it is not run again
+            problem = f"the request was delivered {delivery.attempts} times without an answer"
+            reply = _error_reply(request.id, model, version, 500, problem)
+            await self._settle_dead(delivery, reply_to, reply, attempt, problem, started)
+            return False
         try:
             reply = await self._answer(request)
         except Exception as exc:
             error = public_error(exc)
             if not isinstance(exc, ModelportError):
-                log.error("unexpected error answering queue request %s", request.id, exc_info=exc)
-            model = request.model or self._endpoint.model or ""
-            version = request.version or self._endpoint.version or ""
+                log.error("unexpected error answering a queue request", exc_info=exc)
             reply = _error_reply(request.id, model, version, http_status(error.kind), error.message)
             if error.kind in TRANSIENT:
                 if attempt < self._endpoint.max_attempts:
                     self._observer.retried()
                     return True
-                if await self._reply_or_dead_letter(delivery, reply_to, reply, started):
-                    await delivery.dead_letter(attempt, error.message)
-                    self._observer.dead_lettered()
+                await self._settle_dead(delivery, reply_to, reply, attempt, error.message, started)
                 return False
-        if await self._reply_or_dead_letter(delivery, reply_to, reply, started):
-            await delivery.ack()
+        if not await self._answered(delivery, reply_to, reply, started):
+            await self._dead_letter(delivery, attempt, f"the reply to {reply_to} was refused")
         return False
 
-    async def _reply(self, reply_to: str, reply: Reply, started: float) -> None:
-        await self._transport.reply(reply_to, reply)
-        self._observer.replied(reply.status, time.perf_counter() - started)
-
-    async def _reply_or_dead_letter(
+    async def _answered(
         self, delivery: Delivery, reply_to: str, reply: Reply, started: float
     ) -> bool:
-        """Reply; a reply the broker refuses sends the request to the dead letters (it could
-        never be answered, and coming back would only fail again). False when it went there."""
+        """Reply and acknowledge; a reply the broker refuses (too large) is replaced by a short
+        error reply saying why. False when that is refused too (no such reply queue)."""
+        for attempt in (reply, None):
+            if attempt is None:
+                message = "the reply could not be delivered: the broker refused it"
+                attempt = _error_reply(reply.request_id, reply.model, reply.version, 500, message)
+            try:
+                await self._transport.reply_and_ack(reply_to, attempt, delivery)
+            except ReplyRefused as exc:
+                log.warning("a queue reply to %s was refused: %s", reply_to, exc)
+                continue
+            self._observer.replied(attempt.status, time.perf_counter() - started)
+            return True
+        return False
+
+    async def _settle_dead(
+        self,
+        delivery: Delivery,
+        reply_to: str,
+        reply: Reply,
+        attempt: int,
+        error: str,
+        started: float,
+    ) -> None:
+        """The error reply (if the broker takes it), then the dead letters."""
+        await self._reply_or_refused(reply_to, reply, started)
+        await self._dead_letter(delivery, attempt, error)
+
+    async def _dead_letter(self, delivery: Delivery, attempt: int, error: str) -> None:
+        await delivery.dead_letter(attempt, error)
+        self._observer.dead_lettered()
+
+    async def _reply_or_refused(
+        self, reply_to: str, reply: Reply, started: float, *, fallback: bool = False
+    ) -> bool:
+        """Publish a reply; False when the broker refused it (no such reply queue, too large).
+        With `fallback`, a refused reply is replaced by a short error reply saying why, so the
+        client still learns the request's fate."""
         try:
-            await self._reply(reply_to, reply, started)
+            await self._transport.reply(reply_to, reply)
         except ReplyRefused as exc:
-            log.warning("queue request %s: its reply to %s was refused", reply.request_id, reply_to)
-            await delivery.dead_letter(delivery.attempts + 1, f"the reply was refused: {exc}")
-            self._observer.dead_lettered()
-            return False
+            log.warning("a queue reply to %s was refused: %s", reply_to, exc)
+            if not fallback:
+                return False
+            message = f"the reply could not be delivered: {exc}"
+            small = _error_reply(reply.request_id, reply.model, reply.version, 500, message)
+            return await self._reply_or_refused(reply_to, small, started)
+        self._observer.replied(reply.status, time.perf_counter() - started)
         return True
 
     async def _answer(self, request: QueueRequest) -> Reply:

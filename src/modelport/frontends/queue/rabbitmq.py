@@ -37,7 +37,7 @@ from pamqp.common import FieldValue
 from modelport.frontends.queue.client import DeadLetter, OutgoingRequest
 from modelport.frontends.queue.contract import QueueRequest, Reply
 from modelport.frontends.queue.endpoint import QueueEndpoint
-from modelport.frontends.queue.transport import BrokerUnavailable, ReplyRefused
+from modelport.frontends.queue.transport import BrokerUnavailable, Delivery, ReplyRefused
 
 RECEIVE_WAIT_S = 1.0
 CONNECT_TIMEOUT_S = 10.0
@@ -336,6 +336,10 @@ class RabbitTransport:
             delivery_mode=DeliveryMode.PERSISTENT,
         )
         await self._live().publish(message, reply_to)
+
+    async def reply_and_ack(self, reply_to: str, reply: Reply, delivery: Delivery) -> None:
+        await self.reply(reply_to, reply)
+        await delivery.ack()
 
     async def close(self) -> None:
         session, self._session = self._session, None

@@ -23,9 +23,16 @@ from redis.exceptions import RedisError, ResponseError
 from modelport.frontends.queue.client import DeadLetter, OutgoingRequest
 from modelport.frontends.queue.contract import QueueRequest, Reply
 from modelport.frontends.queue.endpoint import QueueEndpoint
-from modelport.frontends.queue.transport import BrokerUnavailable
+from modelport.frontends.queue.transport import BrokerUnavailable, Delivery, ReplyRefused
 
+REPLY_AND_ACK = """
+redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[2], ARGV[2])
+return 1
+"""
 BLOCK_MS = 1000
+SOCKET_SLACK_S = 10.0
 Fields = dict[bytes, bytes]
 
 
@@ -65,14 +72,19 @@ class RedisDelivery:
     async def ack(self) -> None:
         await self.transport.ack(self.entry_id)
 
+    def _id(self) -> bytes:
+        return self.fields.get(b"id") or self.entry_id
+
     async def retry(self, attempts: int, delay: float) -> None:
-        await self.transport.sleep(delay)
-        copy = {**self.fields, b"attempts": str(attempts).encode()}
+        await asyncio.sleep(delay)
+        # the copy keeps the request id, which would otherwise be its new entry id
+        copy = {**self.fields, b"id": self._id(), b"attempts": str(attempts).encode()}
         await self.transport.move(self.entry_id, self.transport.endpoint.requests, copy)
 
     async def dead_letter(self, attempts: int, error: str) -> None:
         dead = {
             **self.fields,
+            b"id": self._id(),
             b"attempts": str(attempts).encode(),
             b"error": error.encode(),
             b"source_id": self.entry_id,
@@ -89,7 +101,13 @@ class RedisStreamsTransport:
         self._claim_cursor = b"0-0"
 
     async def connect(self) -> None:
-        client = redis.Redis.from_url(self.endpoint.url)
+        # a half-open connection must fail, not hang: reads block BLOCK_MS at most
+        client = redis.Redis.from_url(
+            self.endpoint.url,
+            socket_timeout=BLOCK_MS / 1000 + SOCKET_SLACK_S,
+            socket_connect_timeout=SOCKET_SLACK_S,
+            health_check_interval=10,
+        )
         try:
             await client.ping()
             try:
@@ -103,6 +121,7 @@ class RedisStreamsTransport:
             await client.aclose()
             raise BrokerUnavailable(str(exc)) from exc
         self._client = client
+        self._reply_and_ack = client.register_script(REPLY_AND_ACK)
 
     def _redis(self) -> redis.Redis:
         if self._client is None:
@@ -168,39 +187,46 @@ class RedisStreamsTransport:
         return RedisDelivery(self, entry_id, fields, attempts + redelivered)
 
     async def reply(self, reply_to: str, reply: Reply) -> None:
-        fields: dict[str, str | bytes] = {
-            "id": reply.request_id,
-            "model": reply.model,
-            "version": reply.version,
-            "status": str(reply.status),
-            "content_type": reply.content_type,
-            "body": reply.body,
-        }
-        if reply.header_length is not None:
-            fields["inference_header_content_length"] = str(reply.header_length)
+        fields = _reply_fields(reply)
         try:
             await self._redis().xadd(reply_to, fields)  # type: ignore[arg-type]
+        except ResponseError as exc:  # e.g. reply_to names a key that is not a stream
+            raise ReplyRefused(f"{reply_to}: {exc}") from exc
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(str(exc)) from exc
 
     async def ack(self, entry_id: bytes) -> None:
+        await self.move(entry_id, None, {})
+
+    async def reply_and_ack(self, reply_to: str, reply: Reply, delivery: Delivery) -> None:
+        """The reply and the acknowledgement in one round trip, atomically: a script stops at
+        the first failing command, so a reply XADD that fails (reply_to is no stream) leaves
+        the request unacknowledged."""
+        assert isinstance(delivery, RedisDelivery)
+        pairs = [item for pair in _reply_fields(reply).items() for item in pair]
         try:
-            await self._redis().xack(self.endpoint.requests, self.endpoint.group, entry_id)
+            await self._reply_and_ack(
+                keys=[reply_to, self.endpoint.requests],
+                args=[self.endpoint.group, delivery.entry_id, *pairs],
+            )
+        except ResponseError as exc:
+            raise ReplyRefused(f"{reply_to}: {exc}") from exc
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(str(exc)) from exc
 
-    async def move(self, entry_id: bytes, stream: str, fields: Fields) -> None:
-        """Add `fields` to `stream` and acknowledge the original, both or neither."""
+    async def move(self, entry_id: bytes, stream: str | None, fields: Fields) -> None:
+        """Add `fields` to `stream` (if any) and acknowledge and delete the original, all or
+        nothing (deleting keeps the requests stream as short as what is unanswered)."""
+        requests = self.endpoint.requests
         try:
             async with self._redis().pipeline(transaction=True) as pipe:
-                pipe.xadd(stream, fields)  # type: ignore[arg-type]
-                pipe.xack(self.endpoint.requests, self.endpoint.group, entry_id)
+                if stream is not None:
+                    pipe.xadd(stream, fields)  # type: ignore[arg-type]
+                pipe.xack(requests, self.endpoint.group, entry_id)
+                pipe.xdel(requests, entry_id)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(str(exc)) from exc
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -267,6 +293,20 @@ class RedisQueueClient:
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
+
+
+def _reply_fields(reply: Reply) -> dict[str, str | bytes]:
+    fields: dict[str, str | bytes] = {
+        "id": reply.request_id,
+        "model": reply.model,
+        "version": reply.version,
+        "status": str(reply.status),
+        "content_type": reply.content_type,
+        "body": reply.body,
+    }
+    if reply.header_length is not None:
+        fields["inference_header_content_length"] = str(reply.header_length)
+    return fields
 
 
 def _reply(fields: Fields) -> Reply:

@@ -61,10 +61,13 @@ class QueueService:
             task = asyncio.create_task(consumer.run(), name=f"queue {consumer.endpoint.requests}")
             self._tasks.append(task)
 
-    async def stop(self) -> None:
-        """Stop reading; returns once every request in flight is answered and settled."""
+    def stop_reading(self) -> None:
         for consumer in self._consumers:
             consumer.stop()
+
+    async def stop(self) -> None:
+        """Stop reading; returns once every request in flight is answered and settled."""
+        self.stop_reading()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()

@@ -60,4 +60,9 @@ class Transport(Protocol):
         """Publish a reply; returns once the broker has accepted it."""
         ...
 
+    async def reply_and_ack(self, reply_to: str, reply: Reply, delivery: Delivery) -> None:
+        """Publish a reply, then acknowledge its request: in one step where the broker can do
+        both atomically (Redis), never the ack first."""
+        ...
+
     async def close(self) -> None: ...
