@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -137,6 +138,11 @@ async def _load(plane: DataPlane, poller: RepositoryPoller | None) -> None:
     if poller is not None:
         await poller.snapshot()
     await plane.start()
+    # Everything alive now (modules, models, sessions) lives as long as the server: leave it
+    # out of the collector's full passes, which otherwise walk it all and stall the loop for
+    # tens of ms (mlp at c=32: p99 33-42 -> see benchmarks/results/ab-2026-12-02-frontdoor.md)
+    gc.collect()
+    gc.freeze()
     log.info("the initial load has finished; the server is ready")
 
 
