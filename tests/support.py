@@ -103,8 +103,8 @@ def in_flight(server: Server, model: str, version: str = "1") -> float:
     return float(match.group(1)) if match else 0.0
 
 
-@contextlib.contextmanager
-def run_server(repo: Path | None, log: Path, *args: str) -> Iterator[Server]:
+def spawn_server(repo: Path | None, log: Path, *args: str, append: bool = False) -> Server:
+    """Start `modelport serve` on free ports (not waiting for it to be ready)."""
     port, grpc_port = free_port(), free_port()
     command = [
         str(MODELPORT),
@@ -119,11 +119,17 @@ def run_server(repo: Path | None, log: Path, *args: str) -> Iterator[Server]:
     ]
     if repo is not None:
         command += ["--model-repository", str(repo)]
-    with log.open("wb") as sink:
+    with log.open("ab" if append else "wb") as sink:
         process = subprocess.Popen(
             command, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"}
         )
-    server = Server(process, port, grpc_port, log)
+    return Server(process, port, grpc_port, log)
+
+
+@contextlib.contextmanager
+def run_server(repo: Path | None, log: Path, *args: str) -> Iterator[Server]:
+    server = spawn_server(repo, log, *args)
+    process = server.process
     try:
         wait_ready(server)
         yield server

@@ -22,7 +22,11 @@ from modelport.frontends.queue.service import QueueService
 from modelport.frontends.rest import create_app
 from modelport.frontends.rest.off_loop import OffLoop
 from modelport.observability.metrics import Metrics
-from modelport.observability.queue_metrics import QueueMetrics, queue_metrics
+from modelport.observability.queue_metrics import (
+    QueueMetricFamilies,
+    QueueMetrics,
+    queue_metrics,
+)
 from modelport.repository import LocalRepository
 from modelport.repository.poller import RepositoryPoller
 from modelport.runtimes import RuntimeRegistry
@@ -30,20 +34,6 @@ from modelport.settings import ServerSettings
 
 log = logging.getLogger("modelport")
 
-
-class _NoQueueMetrics:
-    """Stands in when no queue is configured (the service then has no consumers at all)."""
-
-    def received(self) -> None: ...
-    def replied(self, status: int, seconds: float) -> None: ...
-    def retried(self) -> None: ...
-    def dead_lettered(self) -> None: ...
-    def in_flight(self, delta: int) -> None: ...
-    def connected(self, up: bool) -> None: ...
-    def connection_lost(self) -> None: ...
-
-
-_NO_QUEUE_METRICS = _NoQueueMetrics()
 
 EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics", "model_repository")
 
@@ -86,11 +76,12 @@ def build(settings: ServerSettings, grpc_socket: socket.socket | None = None) ->
         if settings.model_control_mode == "poll"
         else None
     )
+    # the families exist only when some queue does: /metrics shows no empty broker series
     families = queue_metrics(metrics) if settings.queue else None
     queues = QueueService(
         plane,
         settings.queue_endpoints(),
-        lambda label: QueueMetrics(families, label) if families else _NO_QUEUE_METRICS,
+        lambda label: QueueMetrics(_present(families), label),
         OffLoop(),
     )
 
@@ -132,6 +123,11 @@ def build(settings: ServerSettings, grpc_socket: socket.socket | None = None) ->
         plane, metrics, max_request_bytes=settings.max_request_bytes, lifespan=lifespan
     )
     return Application(settings, plane, metrics, http, queues)
+
+
+def _present(families: QueueMetricFamilies | None) -> QueueMetricFamilies:
+    assert families is not None  # asked for only when a queue is configured
+    return families
 
 
 async def _load(plane: DataPlane, poller: RepositoryPoller | None) -> None:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-import subprocess
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -24,7 +22,7 @@ from modelport.examples import onnx_models
 from modelport.frontends.queue.client import DeadLetter, OutgoingRequest, client_for
 from modelport.frontends.queue.contract import Reply
 from modelport.frontends.queue.endpoint import parse_endpoint
-from tests.support import MODELPORT, Server, add_model, free_port, wait_ready, wait_until
+from tests.support import Server, add_model, spawn_server, wait_ready, wait_until
 
 FLAKY_MODEL = '''
 from pathlib import Path
@@ -108,27 +106,7 @@ class Queue:
 
 
 def start_server(repo: Path, log: Path, queue: Queue, *extra: str) -> Server:
-    port, grpc_port = free_port(), free_port()
-    command = [
-        str(MODELPORT),
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--http-port",
-        str(port),
-        "--grpc-port",
-        str(grpc_port),
-        "--model-repository",
-        str(repo),
-        "--queue",
-        queue.url,
-        *extra,
-    ]
-    with log.open("ab") as sink:
-        process = subprocess.Popen(
-            command, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"}
-        )
-    server = Server(process, port, grpc_port, log)
+    server = spawn_server(repo, log, "--queue", queue.url, *extra, append=True)
     wait_ready(server)
     wait_until(lambda: queue_connected(server), "the queue consumer connected")
     return server

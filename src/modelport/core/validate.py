@@ -142,8 +142,9 @@ class RequestBuilder:
         if not self._arrays:
             raise InvalidInput("the request has no inputs")
         self._guard.check_complete(self._arrays)
-        params = dict(parameters) if parameters else {}
-        timeout = timeout_from_microseconds(params.get("timeout"))
+        # the codecs hand over a dict of their own: no copy (the common case has none at all)
+        params = parameters if isinstance(parameters, dict) else dict(parameters or {})
+        timeout = timeout_from_microseconds(params["timeout"]) if "timeout" in params else None
         if deadline is not None:
             timeout = deadline if timeout is None else min(deadline, timeout)
         request = InferRequest(
