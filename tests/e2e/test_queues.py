@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import subprocess
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from modelport.examples import onnx_models
 from modelport.frontends.queue.client import DeadLetter, OutgoingRequest, client_for
 from modelport.frontends.queue.contract import Reply
 from modelport.frontends.queue.endpoint import parse_endpoint
-from tests.support import Server, add_model, spawn_server, wait_ready, wait_until
+from tests.support import MODELPORT, Server, add_model, spawn_server, wait_ready, wait_until
 
 FLAKY_MODEL = '''
 from pathlib import Path
@@ -435,3 +436,54 @@ def test_redis_a_reply_to_that_is_no_stream_sends_the_request_to_the_dead_letter
         client.delete("not-a-stream")
         client.close()
         exchange.close()
+
+
+def test_the_queue_send_command_prints_and_saves_replies(
+    redis_broker: Any, repo: Path, tmp_path: Path
+) -> None:
+    queue = Queue.fresh(redis_broker)
+    inputs = tmp_path / "x.npz"
+    np.savez(inputs, input=np.random.default_rng(0).random((2, 64), dtype=np.float32))
+    command = [str(MODELPORT), "queue", "send", queue.url, "--model", "mlp", "--input", str(inputs)]
+    with serving(repo, tmp_path / "server.log", queue) as server:
+        sent = subprocess.run(
+            [*command, "--count", "3", "--wait"], capture_output=True, text=True, timeout=120
+        )
+        assert sent.returncode == 0, sent.stderr
+        lines = sent.stdout.splitlines()
+        assert len(lines) == 3 and all(" 200 " in line for line in lines)
+        saved = tmp_path / "y.npz"
+        sent = subprocess.run(
+            [*command, "--wait", "--output", str(saved)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert sent.returncode == 0, sent.stderr
+        with np.load(saved) as outputs:
+            rest = httpx.post(
+                f"{server.base}/v2/models/mlp/infer",
+                content=orjson.dumps(
+                    {
+                        "inputs": [
+                            {
+                                "name": "input",
+                                "datatype": "FP32",
+                                "shape": [2, 64],
+                                "data": np.load(inputs)["input"],
+                            }
+                        ]
+                    },
+                    option=orjson.OPT_SERIALIZE_NUMPY,
+                ),
+                timeout=30,
+            ).json()
+            expected = np.asarray(rest["outputs"][0]["data"], dtype=np.float32).reshape(2, -1)
+            np.testing.assert_allclose(outputs[rest["outputs"][0]["name"]], expected, rtol=1e-6)
+    unknown = subprocess.run(
+        [str(MODELPORT), "queue", "send", "kafka://h", "--model", "m", "--input", str(inputs)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert unknown.returncode == 2 and "unknown scheme 'kafka'" in unknown.stderr
