@@ -21,6 +21,19 @@ from modelport.examples import onnx_models
 MODELPORT = Path(sys.executable).with_name("modelport")
 
 
+def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`modelport ARGS` in cwd, with a bare environment (no venv on PATH, HOME in cwd)."""
+    return subprocess.run(
+        [str(MODELPORT), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "NO_COLOR": "1", "HOME": str(cwd)},
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -5,7 +5,6 @@ with exit code 3 and deploys nothing."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import httpx
@@ -15,21 +14,12 @@ import pytest
 
 from tests.digits import Digits, mlp, train
 from tests.frameworks import save_torchscript
-from tests.support import MODELPORT, run_server
+from tests.support import run_cli, run_server
 
 pytestmark = pytest.mark.e2e
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(MODELPORT), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=cwd,
-        check=False,
-        env={"PATH": "/usr/bin:/bin", "NO_COLOR": "1", "HOME": str(cwd)},
-    )
+cli = run_cli
 
 
 @pytest.fixture(scope="module")

@@ -12,21 +12,12 @@ import numpy as np
 import pytest
 
 from modelport.examples import onnx_models
-from tests.support import MODELPORT
+from tests.support import run_cli
 
 pytestmark = pytest.mark.e2e
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(MODELPORT), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-        check=False,
-        env={"PATH": "/usr/bin:/bin", "NO_COLOR": "1", "HOME": str(cwd)},
-    )
+cli = run_cli
 
 
 @pytest.fixture
