@@ -1,6 +1,5 @@
-"""pytest fixtures for real brokers (tests/brokers.py). A test module takes them with
-
-    from tests.broker_fixtures import redis_broker, rabbit_broker, nats_broker  # noqa: F401
+"""pytest fixtures for real brokers (tests/brokers.py), loaded for every test module as a
+plugin by tests/conftest.py (so a session-scoped broker boots once, not once per module).
 
 `redis_broker`, `rabbit_broker` and `nats_broker` are session-scoped: one broker each for the
 whole run, started on first use and stopped at the end. A test that stops, kills or restarts one

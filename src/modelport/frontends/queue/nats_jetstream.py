@@ -334,8 +334,6 @@ class NatsDelivery:
     """A request from the stream, leased to this server until it is settled or `ack_wait`
     passes (then JetStream delivers it again)."""
 
-    redeliverable = True  # see NatsSyncDelivery
-
     def __init__(self, js: JetStreamContext, endpoint: QueueEndpoint, msg: Msg) -> None:
         self._js = js  # the connection it came on: its ack must go back the same way
         self._endpoint = endpoint
@@ -387,12 +385,7 @@ class NatsSyncDelivery:
     after the delay, so the processor's retries and its attempt limit apply as on the stream
     (the caller waits for them); a request still waiting when the server stops is answered with
     a 503 at once. `dead_letter` records it in the dead letters like any other.
-
-    `redeliverable` is False: a proposed Delivery flag for the processor to answer a transient
-    failure at once with its error reply instead of retrying, where the broker cannot hold it.
     """
-
-    redeliverable = False
 
     def __init__(self, transport: NatsTransport, msg: Msg) -> None:
         self._transport = transport

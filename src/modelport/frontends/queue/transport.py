@@ -53,7 +53,8 @@ class Transport(Protocol):
         ...
 
     async def receive(self, max_count: int) -> Sequence[Delivery]:
-        """Up to max_count deliveries; waits a second at most, so the caller can stop."""
+        """Up to max_count deliveries; waits a couple of seconds at most, so the caller can
+        stop."""
         ...
 
     async def reply(self, reply_to: str, reply: Reply) -> None:
