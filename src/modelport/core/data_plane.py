@@ -19,14 +19,13 @@ from modelport.__about__ import __version__
 from modelport.core.errors import InferenceFailed, ModelportError, NotAllowed, public_error
 from modelport.core.manager import ModelManager
 from modelport.core.stats import ModelStatistics
-from modelport.core.types import InferRequest, InferResponse, TensorSpec
+from modelport.core.types import InferRequest, InferResponse
 from modelport.core.validate import InputGuard, ValidatedRequest
 from modelport.core.versions import Batched, ModelHandle, ModelState
 from modelport.core.views import (
     IndexRow,
     ModelMetadata,
     ServerMetadata,
-    TensorMetadata,
     VersionStatus,
 )
 
@@ -107,8 +106,8 @@ class DataPlane:
             "name": name,
             "versions": versions,
             "platform": handle.triton_platform,
-            "inputs": [_tensor(spec) for spec in handle.signature.inputs],
-            "outputs": [_tensor(spec) for spec in handle.signature.outputs],
+            "inputs": [spec.as_dict() for spec in handle.signature.inputs],
+            "outputs": [spec.as_dict() for spec in handle.signature.outputs],
         }
 
     def version_statuses(self, name: str) -> list[VersionStatus]:
@@ -238,10 +237,6 @@ class DataPlane:
         elapsed = time.perf_counter_ns() - started_ns
         handle._version.stats.record_failure(now_ms=time.time_ns() // 1_000_000, total_ns=elapsed)
         handle._loaded.recorder.failure(elapsed / 1e9, error.kind.value)
-
-
-def _tensor(spec: TensorSpec) -> TensorMetadata:
-    return {"name": spec.name, "datatype": spec.datatype.value, "shape": list(spec.shape)}
 
 
 def _select(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -75,6 +75,14 @@ _TO_NUMPY: dict[DataType, np.dtype[Any]] = {
 _FROM_NUMPY = {dtype: datatype for datatype, dtype in _TO_NUMPY.items() if dtype.kind != "O"}
 
 
+class TensorMetadata(TypedDict):
+    """A tensor as v2 metadata describes it."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
     """A named tensor a model takes or returns; -1 in `shape` marks a dimension of any size."""
@@ -83,7 +91,7 @@ class TensorSpec:
     datatype: DataType
     shape: tuple[int, ...]
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> TensorMetadata:
         return {"name": self.name, "datatype": self.datatype.value, "shape": list(self.shape)}
 
 

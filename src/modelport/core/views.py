@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NotRequired, TypedDict
 
+from modelport.core.types import TensorMetadata
 from modelport.core.versions import ModelState
 
 
@@ -16,12 +17,6 @@ class ServerMetadata(TypedDict):
     name: str
     version: str
     extensions: list[str]
-
-
-class TensorMetadata(TypedDict):
-    name: str
-    datatype: str
-    shape: list[int]
 
 
 class ModelMetadata(TypedDict):

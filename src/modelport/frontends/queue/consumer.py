@@ -10,7 +10,7 @@ from typing import Any
 
 from modelport.frontends.queue.endpoint import QueueEndpoint
 from modelport.frontends.queue.processor import QueueObserver, QueueProcessor
-from modelport.frontends.queue.transport import Delivery, Transport
+from modelport.frontends.queue.transport import Delivery, Transport, describe
 
 log = logging.getLogger("modelport.queue")
 
@@ -51,7 +51,7 @@ class QueueConsumer:
                 delay = RECONNECT_FIRST_S
                 await self._consume()
             except Exception as exc:  # any broker client error: reconnect, keep serving
-                self._set_connected(False, f"{type(exc).__name__}: {exc}")
+                self._set_connected(False, describe(exc))
                 self._observer.connection_lost()
                 log.warning(
                     "queue %s %s: %s; reconnecting in %.1f s",

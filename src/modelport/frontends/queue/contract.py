@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import orjson
+
 from modelport.core.errors import ErrorKind
 
 REQUESTS = "modelport.requests"
@@ -54,6 +56,11 @@ class Reply:
     body: bytes
     header_length: int | None = None
     """Set when the body carries binary outputs after its JSON header."""
+
+    @classmethod
+    def error(cls, request_id: str, model: str, version: str, status: int, message: str) -> Reply:
+        """The v2 error object `{"error": message}` with the status REST would answer."""
+        return cls(request_id, model, version, status, orjson.dumps({"error": message}))
 
     @property
     def content_type(self) -> str:

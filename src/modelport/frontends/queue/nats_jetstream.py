@@ -33,7 +33,6 @@ from collections.abc import Iterator, Mapping
 import nats
 import nats.errors
 import nats.js.errors
-import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -42,7 +41,12 @@ from nats.js import JetStreamContext, api
 from modelport.frontends.queue.client import DeadLetter, OutgoingRequest
 from modelport.frontends.queue.contract import QueueRequest, Reply
 from modelport.frontends.queue.endpoint import QueueEndpoint
-from modelport.frontends.queue.transport import BrokerUnavailable, Delivery, ReplyRefused
+from modelport.frontends.queue.transport import (
+    BrokerUnavailable,
+    Delivery,
+    ReplyRefused,
+    describe,
+)
 
 log = logging.getLogger("modelport.queue")
 
@@ -104,11 +108,6 @@ def _header(headers: Headers, name: str) -> str | None:
     return value or None
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _valid_subject(subject: str) -> bool:
     tokens = subject.split(".")
     return all(t and not any(c in t for c in " \t\r\n*>") for t in tokens)
@@ -121,7 +120,7 @@ def _unavailable(what: str) -> Iterator[None]:
     try:
         yield
     except (nats.errors.Error, OSError) as exc:
-        raise BrokerUnavailable(f"{what}: {_describe(exc)}") from exc
+        raise BrokerUnavailable(f"{what}: {describe(exc)}") from exc
 
 
 async def _connect(endpoint: QueueEndpoint, name: str, reconnect: bool) -> NATS:
@@ -133,7 +132,7 @@ async def _connect(endpoint: QueueEndpoint, name: str, reconnect: bool) -> NATS:
         # nats-py's default logs a traceback for every lost connection; a failed connect is
         # reported by what we raise
         if up:
-            log.warning("nats %s: %s", endpoint.safe_url, _describe(exc))
+            log.warning("nats %s: %s", endpoint.safe_url, describe(exc))
 
     try:
         # nats-py tries each server max_reconnect_attempts + 1 times even on the first connect
@@ -148,7 +147,7 @@ async def _connect(endpoint: QueueEndpoint, name: str, reconnect: bool) -> NATS:
             max_reconnect_attempts=1,
         )
     except (nats.errors.Error, OSError) as exc:
-        raise BrokerUnavailable(f"cannot connect to {endpoint.safe_url}: {_describe(exc)}") from exc
+        raise BrokerUnavailable(f"cannot connect to {endpoint.safe_url}: {describe(exc)}") from exc
     up = True
     nc.options["max_reconnect_attempts"] = RECONNECT_ATTEMPTS  # read at each reconnect
     return nc
@@ -324,10 +323,8 @@ def _dead_headers(headers: Headers, attempts: int, error: str) -> dict[str, str]
 
 def _error_reply(headers: Headers, status: int, message: str) -> Reply:
     request_id = _header(headers, MSG_ID) or _header(headers, ID) or ""
-    body = orjson.dumps({"error": message})
-    return Reply(
-        request_id, _header(headers, MODEL) or "", _header(headers, VERSION) or "", status, body
-    )
+    model, version = _header(headers, MODEL) or "", _header(headers, VERSION) or ""
+    return Reply.error(request_id, model, version, status, message)
 
 
 class NatsDelivery:
@@ -801,7 +798,7 @@ class NatsQueueClient:
         except TimeoutError as exc:
             raise TimeoutError(f"no reply on {subject} within {timeout:g} s") from exc
         except nats.errors.Error as exc:
-            raise BrokerUnavailable(f"requesting on {subject}: {_describe(exc)}") from exc
+            raise BrokerUnavailable(f"requesting on {subject}: {describe(exc)}") from exc
         return _reply(msg.headers, msg.data)
 
     async def close(self) -> None:

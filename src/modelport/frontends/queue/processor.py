@@ -7,8 +7,6 @@ import logging
 import time
 from typing import Protocol
 
-import orjson
-
 from modelport.core.data_plane import DataPlane
 from modelport.core.errors import InvalidInput, ModelportError, public_error
 from modelport.core.types import InferResponse
@@ -79,7 +77,7 @@ class QueueProcessor:
         attempt = delivery.attempts + 1
         if request is None:
             problem = f"the message is not a request: {delivery.problem}"
-            reply = _error_reply("", "", "", 400, problem)
+            reply = Reply.error("", "", "", 400, problem)
             if delivery.reply_to is None or await self._reply_or_refused(
                 delivery.reply_to, reply, started
             ):
@@ -92,7 +90,7 @@ class QueueProcessor:
             # handed out this often already without being settled: it may be what kills the
             # server (a poison message), so it is not run again
             problem = f"the request was delivered {delivery.attempts} times without an answer"
-            reply = _error_reply(request.id, model, version, 500, problem)
+            reply = Reply.error(request.id, model, version, 500, problem)
             await self._settle_dead(delivery, reply_to, reply, attempt, problem, started)
             return False
         try:
@@ -101,7 +99,7 @@ class QueueProcessor:
             error = public_error(exc)
             if not isinstance(exc, ModelportError):
                 log.error("unexpected error answering a queue request", exc_info=exc)
-            reply = _error_reply(request.id, model, version, http_status(error.kind), error.message)
+            reply = Reply.error(request.id, model, version, http_status(error.kind), error.message)
             if error.kind in TRANSIENT:
                 if attempt < self._endpoint.max_attempts:
                     self._observer.retried()
@@ -120,7 +118,7 @@ class QueueProcessor:
         for attempt in (reply, None):
             if attempt is None:
                 message = "the reply could not be delivered: the broker refused it"
-                attempt = _error_reply(reply.request_id, reply.model, reply.version, 500, message)
+                attempt = Reply.error(reply.request_id, reply.model, reply.version, 500, message)
             try:
                 await self._transport.reply_and_ack(reply_to, attempt, delivery)
             except ReplyRefused as exc:
@@ -160,7 +158,7 @@ class QueueProcessor:
             if not fallback:
                 return False
             message = f"the reply could not be delivered: {exc}"
-            small = _error_reply(reply.request_id, reply.model, reply.version, 500, message)
+            small = Reply.error(reply.request_id, reply.model, reply.version, 500, message)
             return await self._reply_or_refused(reply_to, small, started)
         self._observer.replied(reply.status, time.perf_counter() - started)
         return True
@@ -195,7 +193,3 @@ class QueueProcessor:
             size, encode_response, answered, output_format
         )
         return Reply(request_id, answered.model_name, answered.model_version, 200, payload, header)
-
-
-def _error_reply(request_id: str, model: str, version: str, status: int, message: str) -> Reply:
-    return Reply(request_id, model, version, status, orjson.dumps({"error": message}))

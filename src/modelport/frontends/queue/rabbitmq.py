@@ -37,7 +37,12 @@ from pamqp.common import FieldValue
 from modelport.frontends.queue.client import DeadLetter, OutgoingRequest
 from modelport.frontends.queue.contract import QueueRequest, Reply
 from modelport.frontends.queue.endpoint import QueueEndpoint
-from modelport.frontends.queue.transport import BrokerUnavailable, Delivery, ReplyRefused
+from modelport.frontends.queue.transport import (
+    BrokerUnavailable,
+    Delivery,
+    ReplyRefused,
+    describe,
+)
 
 RECEIVE_WAIT_S = 1.0
 CONNECT_TIMEOUT_S = 10.0
@@ -60,11 +65,6 @@ class PublishRefused(ReplyRefused):
     unroutable), or the broker refused it (basic.nack)."""
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 async def _publish(
     channel: AbstractChannel, message: aio_pika.Message, routing_key: str, where: str
 ) -> None:
@@ -80,7 +80,7 @@ async def _publish(
         raise PublishRefused(f"{where}: the broker refused a message for {routing_key!r}") from exc
     except BROKER_ERRORS as exc:
         raise BrokerUnavailable(
-            f"{where}: publishing to {routing_key!r} failed: {_describe(exc)}"
+            f"{where}: publishing to {routing_key!r} failed: {describe(exc)}"
         ) from exc
 
 
@@ -89,13 +89,13 @@ async def _open(endpoint: QueueEndpoint) -> tuple[AbstractConnection, AbstractCh
     try:
         connection = await aio_pika.connect(endpoint.url, timeout=CONNECT_TIMEOUT_S)
     except BROKER_ERRORS as exc:
-        raise BrokerUnavailable(f"{endpoint.safe_url}: cannot connect: {_describe(exc)}") from exc
+        raise BrokerUnavailable(f"{endpoint.safe_url}: cannot connect: {describe(exc)}") from exc
     try:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
     except BROKER_ERRORS as exc:
         await _close(connection)
         raise BrokerUnavailable(
-            f"{endpoint.safe_url}: cannot open a channel: {_describe(exc)}"
+            f"{endpoint.safe_url}: cannot open a channel: {describe(exc)}"
         ) from exc
     return connection, channel
 
@@ -105,7 +105,7 @@ async def _declare(channel: AbstractChannel, name: str, where: str) -> AbstractQ
         return await channel.declare_queue(name, durable=True)
     except BROKER_ERRORS as exc:
         raise BrokerUnavailable(
-            f"{where}: declaring the durable queue {name!r} failed: {_describe(exc)}"
+            f"{where}: declaring the durable queue {name!r} failed: {describe(exc)}"
         ) from exc
 
 
@@ -184,7 +184,7 @@ class _Session:
 
     def _on_close(self, _channel: object, exc: BaseException | None) -> None:
         if not self.lost:
-            reason = _describe(exc) if exc is not None else "closed"
+            reason = describe(exc) if exc is not None else "closed"
             self.lost = f"{self.endpoint.safe_url}: the channel closed: {reason}"
             self.arrived.put_nowait(None)  # wakes a receive() waiting for the first message
 
@@ -246,7 +246,7 @@ class RabbitDelivery:
             await self.message.ack()
         except BROKER_ERRORS as exc:
             raise BrokerUnavailable(
-                f"{self.session.endpoint.safe_url}: acknowledging failed: {_describe(exc)}"
+                f"{self.session.endpoint.safe_url}: acknowledging failed: {describe(exc)}"
             ) from exc
 
     async def retry(self, attempts: int, delay: float) -> None:
@@ -278,7 +278,7 @@ class RabbitTransport:
                 await channel.set_qos(prefetch_count=self.endpoint.max_in_flight)
             except BROKER_ERRORS as exc:
                 raise BrokerUnavailable(
-                    f"{where}: setting the prefetch failed: {_describe(exc)}"
+                    f"{where}: setting the prefetch failed: {describe(exc)}"
                 ) from exc
             requests = await _declare(channel, self.endpoint.requests, where)
             # Declared here so that replies to the default queue are routable before any
@@ -290,7 +290,7 @@ class RabbitTransport:
                 await requests.consume(session.on_message, no_ack=False)
             except BROKER_ERRORS as exc:
                 raise BrokerUnavailable(
-                    f"{where}: consuming {self.endpoint.requests!r} failed: {_describe(exc)}"
+                    f"{where}: consuming {self.endpoint.requests!r} failed: {describe(exc)}"
                 ) from exc
         except BaseException:
             await _close(connection)
@@ -366,7 +366,7 @@ class RabbitQueueClient:
         except BROKER_ERRORS as exc:
             await _close(connection)
             raise BrokerUnavailable(
-                f"{self.endpoint.safe_url}: setting the prefetch failed: {_describe(exc)}"
+                f"{self.endpoint.safe_url}: setting the prefetch failed: {describe(exc)}"
             ) from exc
         self._lost = ""
         channel.close_callbacks.add(self._on_close)
@@ -375,7 +375,7 @@ class RabbitQueueClient:
     def _on_close(self, channel: object, exc: BaseException | None) -> None:
         if channel is not self._channel or self._lost:
             return
-        reason = _describe(exc) if exc is not None else "closed"
+        reason = describe(exc) if exc is not None else "closed"
         self._lost = f"{self.endpoint.safe_url}: the channel closed: {reason}"
         for arrived in self._replies.values():
             arrived.put_nowait(None)  # wakes replies() waiting for the first one
@@ -427,7 +427,7 @@ class RabbitQueueClient:
             await queue.consume(on_message, no_ack=False)
         except BROKER_ERRORS as exc:
             raise BrokerUnavailable(
-                f"{self.endpoint.safe_url}: consuming {reply_to!r} failed: {_describe(exc)}"
+                f"{self.endpoint.safe_url}: consuming {reply_to!r} failed: {describe(exc)}"
             ) from exc
         self._replies[reply_to] = arrived
         return arrived
@@ -452,7 +452,7 @@ class RabbitQueueClient:
                 await message.ack()
         except BROKER_ERRORS as exc:
             raise BrokerUnavailable(
-                f"{self.endpoint.safe_url}: acknowledging replies failed: {_describe(exc)}"
+                f"{self.endpoint.safe_url}: acknowledging replies failed: {describe(exc)}"
             ) from exc
         return [_reply(message) for message in received]
 
@@ -469,7 +469,7 @@ class RabbitQueueClient:
                 await message.nack(requeue=True)
         except BROKER_ERRORS as exc:
             raise BrokerUnavailable(
-                f"{self.endpoint.safe_url}: reading {self.endpoint.dead!r} failed: {_describe(exc)}"
+                f"{self.endpoint.safe_url}: reading {self.endpoint.dead!r} failed: {describe(exc)}"
             ) from exc
         return [_dead_letter(message) for message in held]
 

@@ -14,6 +14,12 @@ from typing import Protocol
 from modelport.frontends.queue.contract import QueueRequest, Reply
 
 
+def describe(exc: BaseException) -> str:
+    """`Type: message` of a broker client's exception, for logs and BrokerUnavailable."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class BrokerUnavailable(Exception):
     """The connection to the broker failed or was lost; the consumer reconnects."""
 

@@ -19,9 +19,6 @@ class OffLoop:
     def __init__(self) -> None:
         self._large_bodies = asyncio.Semaphore(LARGE_BODIES_AT_ONCE)
 
-    def is_large(self, size: int) -> bool:
-        return size >= OFF_LOOP_BYTES
-
     async def run(self, function: Callable[..., Result], *args: Any) -> Result:
         async with self._large_bodies:
             return await asyncio.to_thread(function, *args)

@@ -208,7 +208,7 @@ def _decode_outputs(items: object, output_format: OutputFormat) -> tuple[str, ..
         return None
     if not isinstance(items, list):
         raise InvalidInput("'outputs' must be a list")
-    names = []
+    names = []  # repeats are dropped by RequestBuilder.want_outputs
     for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidInput("each entry of 'outputs' needs a string 'name'")
@@ -218,8 +218,7 @@ def _decode_outputs(items: object, output_format: OutputFormat) -> tuple[str, ..
             raise InvalidInput(f"output '{name}': the classification extension is not supported")
         if "binary_data" in parameters:
             output_format.binary[name] = _flag(parameters, "binary_data", f"outputs.{name}")
-        if name not in names:
-            names.append(name)
+        names.append(name)
     return tuple(names)
 
 
