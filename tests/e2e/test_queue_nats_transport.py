@@ -17,10 +17,10 @@ from nats.js import api
 from modelport.frontends.queue.client import DeadLetter, OutgoingRequest
 from modelport.frontends.queue.contract import Reply
 from modelport.frontends.queue.endpoint import QueueEndpoint, parse_endpoint
+from modelport.frontends.queue.nats_client import NatsQueueClient
 from modelport.frontends.queue.nats_jetstream import (
     JetStreamSetupError,
     NatsDelivery,
-    NatsQueueClient,
     NatsSyncDelivery,
     NatsTransport,
     dead_stream,

@@ -61,6 +61,6 @@ def client_for(endpoint: QueueEndpoint) -> QueueClient:
         from modelport.frontends.queue.rabbitmq import RabbitQueueClient
 
         return RabbitQueueClient(endpoint)
-    from modelport.frontends.queue.nats_jetstream import NatsQueueClient
+    from modelport.frontends.queue.nats_client import NatsQueueClient
 
     return NatsQueueClient(endpoint)

@@ -38,7 +38,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 
-from modelport.frontends.queue.client import DeadLetter, OutgoingRequest
+from modelport.frontends.queue.client import OutgoingRequest
 from modelport.frontends.queue.contract import QueueRequest, Reply
 from modelport.frontends.queue.endpoint import QueueEndpoint
 from modelport.frontends.queue.transport import (
@@ -103,7 +103,7 @@ def dead_stream(endpoint: QueueEndpoint) -> str:
     return f"{endpoint.stream}_DEAD"
 
 
-def _header(headers: Headers, name: str) -> str | None:
+def header(headers: Headers, name: str) -> str | None:
     value = headers.get(name)
     return value or None
 
@@ -114,7 +114,7 @@ def _valid_subject(subject: str) -> bool:
 
 
 @contextlib.contextmanager
-def _unavailable(what: str) -> Iterator[None]:
+def unavailable(what: str) -> Iterator[None]:
     """Broker client errors as BrokerUnavailable (TimeoutError, and so nats' timeouts, is an
     OSError)."""
     try:
@@ -123,7 +123,7 @@ def _unavailable(what: str) -> Iterator[None]:
         raise BrokerUnavailable(f"{what}: {describe(exc)}") from exc
 
 
-async def _connect(endpoint: QueueEndpoint, name: str, reconnect: bool) -> NATS:
+async def connect(endpoint: QueueEndpoint, name: str, reconnect: bool) -> NATS:
     """One attempt to connect (a failure raises BrokerUnavailable at once); after that the
     client reconnects by itself, the transport does not (its consumer does, with backoff)."""
     up = False
@@ -153,7 +153,7 @@ async def _connect(endpoint: QueueEndpoint, name: str, reconnect: bool) -> NATS:
     return nc
 
 
-async def _close(nc: NATS | None) -> None:
+async def close_connection(nc: NATS | None) -> None:
     """Flush (acks and NAKs not yet written reach the server) and close; quietly, whatever state
     the connection is in. Not drain(): it waits for every subscription's queue to be read, and
     a pull subscription's can hold an expired fetch's status message nobody reads."""
@@ -176,14 +176,14 @@ def _matches(pattern: str, subject: str) -> bool:
     return len(wanted) == len(tokens)
 
 
-async def _stream_of(js: JetStreamContext, subject: str) -> str | None:
+async def stream_of(js: JetStreamContext, subject: str) -> str | None:
     try:
         return await js.find_stream_name_by_subject(subject)
     except nats.js.errors.NotFoundError:
         return None
 
 
-async def _declare(js: JetStreamContext, endpoint: QueueEndpoint) -> dict[str, str]:
+async def declare_streams(js: JetStreamContext, endpoint: QueueEndpoint) -> dict[str, str]:
     """Create what is missing: the requests stream, and streams for the default replies and the
     dead letters unless a stream captures them already. Returns {subject: stream} for those."""
     await _declare_requests(js, endpoint)
@@ -192,7 +192,7 @@ async def _declare(js: JetStreamContext, endpoint: QueueEndpoint) -> dict[str, s
         (endpoint.replies, replies_stream(endpoint), REPLY_MAX_AGE_S),
         (endpoint.dead, dead_stream(endpoint), None),
     ):
-        existing = await _stream_of(js, subject)
+        existing = await stream_of(js, subject)
         if existing is None:
             config = api.StreamConfig(
                 name=name,
@@ -226,7 +226,7 @@ async def _declare_requests(js: JetStreamContext, endpoint: QueueEndpoint) -> No
         try:
             await js.add_stream(config)
         except nats.js.errors.BadRequestError as exc:
-            other = await _stream_of(js, subject)
+            other = await stream_of(js, subject)
             if other is not None and other != name:
                 raise JetStreamSetupError(
                     f"cannot create stream {name}: stream {other} already captures {subject!r} "
@@ -245,7 +245,7 @@ async def _declare_requests(js: JetStreamContext, endpoint: QueueEndpoint) -> No
                 f"and not {sync!r} (the synchronous requests); it was left as it is, so pick "
                 "another ?stream= or change or delete that stream"
             )
-    other = await _stream_of(js, sync)
+    other = await stream_of(js, sync)
     if other is not None:
         log.warning(
             "stream %s captures %s: synchronous requests will be answered by its PubAck "
@@ -255,7 +255,7 @@ async def _declare_requests(js: JetStreamContext, endpoint: QueueEndpoint) -> No
         )
 
 
-def _request_headers(request: OutgoingRequest) -> dict[str, str]:
+def request_headers(request: OutgoingRequest) -> dict[str, str]:
     headers = {MSG_ID: request.request_id, CONTENT_TYPE: request.content_type}
     for key, value in ((MODEL, request.model), (VERSION, request.version)):
         if value is not None:
@@ -273,15 +273,15 @@ def _queue_request(
     return QueueRequest(
         body=body,
         message_id=message_id,
-        model=_header(headers, MODEL),
-        version=_header(headers, VERSION),
-        request_id=_header(headers, MSG_ID) or _header(headers, ID),
+        model=header(headers, MODEL),
+        version=header(headers, VERSION),
+        request_id=header(headers, MSG_ID) or header(headers, ID),
         reply_to=reply_to,
-        content_type=_header(headers, CONTENT_TYPE) or _header(headers, "content_type"),
+        content_type=header(headers, CONTENT_TYPE) or header(headers, "content_type"),
         # the contract's field name, as the other brokers spell it, is accepted too
-        header_length=_header(headers, HEADER_LENGTH)
-        or _header(headers, "inference_header_content_length"),
-        traceparent=_header(headers, TRACEPARENT),
+        header_length=header(headers, HEADER_LENGTH)
+        or header(headers, "inference_header_content_length"),
+        traceparent=header(headers, TRACEPARENT),
     )
 
 
@@ -298,14 +298,14 @@ def _reply_headers(reply: Reply) -> dict[str, str]:
     return headers
 
 
-def _reply(headers: Headers | None, body: bytes) -> Reply:
+def reply_from(headers: Headers | None, body: bytes) -> Reply:
     headers = headers or {}
-    length = _header(headers, HEADER_LENGTH)
-    status = _header(headers, STATUS) or "0"
+    length = header(headers, HEADER_LENGTH)
+    status = header(headers, STATUS) or "0"
     return Reply(
-        request_id=_header(headers, ID) or "",
-        model=_header(headers, MODEL) or "",
-        version=_header(headers, VERSION) or "",
+        request_id=header(headers, ID) or "",
+        model=header(headers, MODEL) or "",
+        version=header(headers, VERSION) or "",
         status=int(status) if status.isdigit() else 0,
         body=body,
         header_length=int(length) if length and length.isdigit() else None,
@@ -322,8 +322,8 @@ def _dead_headers(headers: Headers, attempts: int, error: str) -> dict[str, str]
 
 
 def _error_reply(headers: Headers, status: int, message: str) -> Reply:
-    request_id = _header(headers, MSG_ID) or _header(headers, ID) or ""
-    model, version = _header(headers, MODEL) or "", _header(headers, VERSION) or ""
+    request_id = header(headers, MSG_ID) or header(headers, ID) or ""
+    model, version = header(headers, MODEL) or "", header(headers, VERSION) or ""
     return Reply.error(request_id, model, version, status, message)
 
 
@@ -340,7 +340,7 @@ class NatsDelivery:
         self.sequence = metadata.sequence.stream
         self.attempts = max(metadata.num_delivered - 1, 0)
         self.problem = ""
-        self.reply_to = _header(self._headers, REPLY_TO)
+        self.reply_to = header(self._headers, REPLY_TO)
         self.request: QueueRequest | None = _queue_request(
             msg.data, str(self.sequence), self._headers, self.reply_to
         )
@@ -348,19 +348,19 @@ class NatsDelivery:
     async def ack(self) -> None:
         # ack_sync waits for the server's answer, so an ack that did not reach the broker is
         # an error here (the request will come back) rather than a silent redelivery later.
-        with _unavailable(f"acknowledging message {self.sequence}"):
+        with unavailable(f"acknowledging message {self.sequence}"):
             await self._msg.ack_sync(timeout=API_TIMEOUT_S)
 
     async def retry(self, attempts: int, delay: float) -> None:
         # JetStream holds the message and delivers it again (num_delivered + 1) after the delay;
         # a lost NAK only means it comes back after ack_wait instead.
-        with _unavailable(f"handing message {self.sequence} back"):
+        with unavailable(f"handing message {self.sequence} back"):
             await self._msg.nak(delay=delay)
 
     async def dead_letter(self, attempts: int, error: str) -> None:
         headers = _dead_headers(self._headers, attempts, error)
         headers[SOURCE_SEQUENCE] = str(self.sequence)
-        with _unavailable(f"dead-lettering message {self.sequence}"):
+        with unavailable(f"dead-lettering message {self.sequence}"):
             await self._js.publish(
                 self._endpoint.dead, self._msg.data, timeout=API_TIMEOUT_S, headers=headers
             )
@@ -390,7 +390,7 @@ class NatsSyncDelivery:
         self._headers: Headers = msg.headers or {}
         self.attempts = 0
         self.problem = ""
-        self.reply_to = msg.reply or _header(self._headers, REPLY_TO)
+        self.reply_to = msg.reply or header(self._headers, REPLY_TO)
         message_id = f"sync-{uuid.uuid4().hex}"
         self.request: QueueRequest | None = _queue_request(
             msg.data, message_id, self._headers, self.reply_to
@@ -454,11 +454,11 @@ class NatsTransport:
     async def connect(self) -> None:
         await self.close()
         endpoint = self.endpoint
-        nc = await _connect(endpoint, "modelport", reconnect=False)
+        nc = await connect(endpoint, "modelport", reconnect=False)
         try:
             js = nc.jetstream(timeout=API_TIMEOUT_S)
-            with _unavailable(f"declaring stream {endpoint.stream} on {endpoint.safe_url}"):
-                found = await _declare(js, endpoint)
+            with unavailable(f"declaring stream {endpoint.stream} on {endpoint.safe_url}"):
+                found = await declare_streams(js, endpoint)
                 config = api.ConsumerConfig(
                     name=endpoint.group,
                     durable_name=endpoint.group,
@@ -482,7 +482,7 @@ class NatsTransport:
                 )
                 await nc.flush(timeout=CONNECT_TIMEOUT_S)
         except BaseException:
-            await _close(nc)
+            await close_connection(nc)
             raise
         self._nc, self._js, self._pull, self._sync_sub = nc, js, pull, sync_sub
         self._streams = {subject: (stream, math.inf) for subject, stream in found.items()}
@@ -514,7 +514,7 @@ class NatsTransport:
                 arrived.cancel()
         if self._fetching is not None and self._fetching.done():
             task, self._fetching = self._fetching, None
-            with _unavailable(f"fetching from {self.endpoint.stream}"):
+            with unavailable(f"fetching from {self.endpoint.stream}"):
                 msgs = task.result()
             self._fetched.extend(NatsDelivery(js, self.endpoint, msg) for msg in msgs)
         self._connected()  # a fetch that timed out may have been a connection that went away
@@ -571,7 +571,7 @@ class NatsTransport:
             )
         if not _valid_subject(reply_to):
             raise ReplyRefused(f"{reply_to!r} is not a valid NATS subject")
-        with _unavailable(f"publishing a reply to {reply_to}"):
+        with unavailable(f"publishing a reply to {reply_to}"):
             stream = None
             if reply_to in self._direct:
                 self._direct.discard(reply_to)
@@ -588,7 +588,7 @@ class NatsTransport:
         cached = self._streams.get(subject)
         if cached is not None and cached[1] > now:
             return cached[0]
-        stream = await _stream_of(js, subject)
+        stream = await stream_of(js, subject)
         if len(self._streams) > 10_000:  # per-client reply subjects: keep the cache bounded
             self._streams = {k: v for k, v in self._streams.items() if v[1] > now}
         self._streams[subject] = (stream, now + LOOKUP_TTL_S)
@@ -597,7 +597,7 @@ class NatsTransport:
     async def dead_letter_sync(self, msg: Msg, attempts: int, error: str) -> None:
         _, js, _ = self._connected()
         headers = _dead_headers(msg.headers or {}, attempts, error)
-        with _unavailable("dead-lettering a synchronous request"):
+        with unavailable("dead-lettering a synchronous request"):
             await js.publish(self.endpoint.dead, msg.data, timeout=API_TIMEOUT_S, headers=headers)
 
     async def reply_and_ack(self, reply_to: str, reply: Reply, delivery: Delivery) -> None:
@@ -622,188 +622,4 @@ class NatsTransport:
         nc, self._nc, self._js, self._pull = self._nc, None, None, None
         self._direct.clear()
         self._streams.clear()
-        await _close(nc)
-
-
-class _ReplyReader:
-    """Replies on one subject, each read once: an ephemeral consumer on the stream that captures
-    the subject, from where the last read stopped; or, for a subject no stream captures, a core
-    subscription (which sees only what is published after it was made)."""
-
-    def __init__(self, js: JetStreamContext, nc: NATS, subject: str, stream: str | None) -> None:
-        self._js, self._nc = js, nc
-        self.subject, self.stream = subject, stream
-        self._position = 0
-        """The stream sequence of the last reply read."""
-        self._pull: JetStreamContext.PullSubscription | None = None
-        self._consumer = ""
-        self._core: Subscription | None = None
-
-    async def read(self, max_count: int, timeout: float) -> list[Reply]:
-        if self.stream is None:
-            return await self._read_core(max_count, timeout)
-        if self._pull is None:
-            await self._open(self.stream)
-        assert self._pull is not None
-        try:
-            msgs = await self._pull.fetch(max_count, timeout=max(timeout, 0.001))
-        except TimeoutError:
-            if not await self._consumer_exists(self.stream):  # gone idle, or a broker restart
-                await self._drop()
-            return []
-        replies = []
-        for msg in msgs:
-            sequence = msg.metadata.sequence.stream
-            if sequence > self._position:
-                self._position = sequence
-                replies.append(_reply(msg.headers, msg.data))
-        return replies
-
-    async def _open(self, stream: str) -> None:
-        start = self._position + 1
-        config = api.ConsumerConfig(
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE
-            if start > 1
-            else api.DeliverPolicy.ALL,
-            opt_start_seq=start if start > 1 else None,
-            ack_policy=api.AckPolicy.NONE,  # the position above is what makes each read once
-            filter_subject=self.subject,
-            inactive_threshold=REPLY_READER_IDLE_S,
-        )
-        info = await self._js.add_consumer(stream, config)
-        self._consumer = info.name
-        self._pull = await self._js.pull_subscribe_bind(info.name, stream=stream)
-
-    async def _consumer_exists(self, stream: str) -> bool:
-        try:
-            await self._js.consumer_info(stream, self._consumer)
-        except nats.js.errors.NotFoundError:
-            return False
-        return True
-
-    async def _drop(self) -> None:
-        pull, self._pull = self._pull, None
-        if pull is not None:
-            with contextlib.suppress(Exception):
-                await pull.unsubscribe()
-
-    async def _read_core(self, max_count: int, timeout: float) -> list[Reply]:
-        if self._core is None:
-            self._core = await self._nc.subscribe(self.subject)
-        replies: list[Reply] = []
-        try:
-            msg = await self._core.next_msg(timeout=max(timeout, 0.001))
-        except TimeoutError:
-            return replies
-        replies.append(_reply(msg.headers, msg.data))
-        while len(replies) < max_count and self._core.pending_msgs > 0:
-            msg = await self._core.next_msg(timeout=0.001)
-            replies.append(_reply(msg.headers, msg.data))
-        return replies
-
-    async def close(self) -> None:
-        await self._drop()
-        if self.stream is not None and self._consumer:
-            with contextlib.suppress(Exception):
-                await self._js.delete_consumer(self.stream, self._consumer)
-        core, self._core = self._core, None
-        if core is not None:
-            with contextlib.suppress(Exception):
-                await core.unsubscribe()
-
-
-class NatsQueueClient:
-    """The client side: JetStream publishes of requests, replies read through ephemeral
-    consumers, dead letters read by sequence, and `request_sync` for a synchronous answer."""
-
-    def __init__(self, endpoint: QueueEndpoint) -> None:
-        self.endpoint = endpoint
-        self._nc: NATS | None = None
-        self._js: JetStreamContext | None = None
-        self._readers: dict[str, _ReplyReader] = {}
-
-    async def connect(self) -> None:
-        nc = await _connect(self.endpoint, "modelport-client", reconnect=True)
-        try:
-            js = nc.jetstream(timeout=API_TIMEOUT_S)
-            with _unavailable(f"declaring stream {self.endpoint.stream}"):
-                await _declare(js, self.endpoint)
-        except BaseException:
-            await _close(nc)
-            raise
-        self._nc, self._js = nc, js
-
-    def _connection(self) -> tuple[NATS, JetStreamContext]:
-        if self._nc is None or self._js is None:
-            raise BrokerUnavailable("not connected")
-        return self._nc, self._js
-
-    async def send(self, request: OutgoingRequest) -> None:
-        """Publish a request; returns once the stream has stored it. A request id sent again
-        within the duplicate window is stored once (that is what makes a re-send safe)."""
-        _, js = self._connection()
-        with _unavailable(f"sending request {request.request_id}"):
-            await js.publish(
-                self.endpoint.requests,
-                request.body,
-                timeout=API_TIMEOUT_S,
-                headers=_request_headers(request),
-            )
-
-    async def replies(self, reply_to: str, max_count: int, timeout: float) -> list[Reply]:
-        nc, js = self._connection()
-        with _unavailable(f"reading replies on {reply_to}"):
-            reader = self._readers.get(reply_to)
-            if reader is None:
-                reader = _ReplyReader(js, nc, reply_to, await _stream_of(js, reply_to))
-                self._readers[reply_to] = reader
-            return await reader.read(max_count, timeout)
-
-    async def dead_letters(self) -> list[DeadLetter]:
-        _, js = self._connection()
-        letters: list[DeadLetter] = []
-        with _unavailable(f"reading dead letters on {self.endpoint.dead}"):
-            stream = await _stream_of(js, self.endpoint.dead)
-            sequence = 1
-            while stream is not None:
-                try:
-                    msg = await js.get_msg(
-                        stream, seq=sequence, subject=self.endpoint.dead, next=True
-                    )
-                except nats.js.errors.NotFoundError:
-                    break
-                headers = msg.headers or {}
-                attempts = _header(headers, ATTEMPTS) or "0"
-                letters.append(
-                    DeadLetter(
-                        _header(headers, MSG_ID) or _header(headers, ID),
-                        _header(headers, ERROR) or "",
-                        int(attempts) if attempts.isdigit() else 0,
-                    )
-                )
-                sequence = (msg.seq or sequence) + 1
-        return letters
-
-    async def request_sync(self, request: OutgoingRequest, timeout: float) -> Reply:
-        """Send a request on the synchronous subject and wait for its reply (core NATS: at most
-        once; on a timeout, whether it was answered is unknown)."""
-        nc, _ = self._connection()
-        subject = sync_subject(self.endpoint)
-        try:
-            msg = await nc.request(
-                subject, request.body, timeout=timeout, headers=_request_headers(request)
-            )
-        except nats.errors.NoRespondersError as exc:
-            raise BrokerUnavailable(f"no modelport server serves {subject}") from exc
-        except TimeoutError as exc:
-            raise TimeoutError(f"no reply on {subject} within {timeout:g} s") from exc
-        except nats.errors.Error as exc:
-            raise BrokerUnavailable(f"requesting on {subject}: {describe(exc)}") from exc
-        return _reply(msg.headers, msg.data)
-
-    async def close(self) -> None:
-        readers, self._readers = self._readers, {}
-        for reader in readers.values():
-            await reader.close()
-        nc, self._nc, self._js = self._nc, None, None
-        await _close(nc)
+        await close_connection(nc)
