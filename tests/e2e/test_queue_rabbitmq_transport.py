@@ -19,9 +19,9 @@ from modelport.frontends.queue.endpoint import QueueEndpoint, parse_endpoint
 from modelport.frontends.queue.rabbitmq import (
     PublishRefused,
     RabbitDelivery,
-    RabbitQueueClient,
     RabbitTransport,
 )
+from modelport.frontends.queue.rabbitmq_client import RabbitQueueClient
 from modelport.frontends.queue.transport import BrokerUnavailable
 from tests.brokers import RabbitBroker
 

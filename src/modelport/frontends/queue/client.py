@@ -58,7 +58,7 @@ def client_for(endpoint: QueueEndpoint) -> QueueClient:
 
         return RedisQueueClient(endpoint)
     if endpoint.broker == "rabbitmq":
-        from modelport.frontends.queue.rabbitmq import RabbitQueueClient
+        from modelport.frontends.queue.rabbitmq_client import RabbitQueueClient
 
         return RabbitQueueClient(endpoint)
     from modelport.frontends.queue.nats_client import NatsQueueClient

@@ -34,7 +34,6 @@ from aio_pika.abc import (
 )
 from pamqp.common import FieldValue
 
-from modelport.frontends.queue.client import DeadLetter, OutgoingRequest
 from modelport.frontends.queue.contract import QueueRequest, Reply
 from modelport.frontends.queue.endpoint import QueueEndpoint
 from modelport.frontends.queue.transport import (
@@ -65,7 +64,7 @@ class PublishRefused(ReplyRefused):
     unroutable), or the broker refused it (basic.nack)."""
 
 
-async def _publish(
+async def publish_confirmed(
     channel: AbstractChannel, message: aio_pika.Message, routing_key: str, where: str
 ) -> None:
     """Publish to the default exchange and return once the broker confirmed it."""
@@ -84,7 +83,7 @@ async def _publish(
         ) from exc
 
 
-async def _open(endpoint: QueueEndpoint) -> tuple[AbstractConnection, AbstractChannel]:
+async def open_channel(endpoint: QueueEndpoint) -> tuple[AbstractConnection, AbstractChannel]:
     """A connection and a confirming channel, with nothing declared yet."""
     try:
         connection = await aio_pika.connect(endpoint.url, timeout=CONNECT_TIMEOUT_S)
@@ -93,14 +92,14 @@ async def _open(endpoint: QueueEndpoint) -> tuple[AbstractConnection, AbstractCh
     try:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
     except BROKER_ERRORS as exc:
-        await _close(connection)
+        await close_connection(connection)
         raise BrokerUnavailable(
             f"{endpoint.safe_url}: cannot open a channel: {describe(exc)}"
         ) from exc
     return connection, channel
 
 
-async def _declare(channel: AbstractChannel, name: str, where: str) -> AbstractQueue:
+async def declare_queue(channel: AbstractChannel, name: str, where: str) -> AbstractQueue:
     try:
         return await channel.declare_queue(name, durable=True)
     except BROKER_ERRORS as exc:
@@ -109,12 +108,12 @@ async def _declare(channel: AbstractChannel, name: str, where: str) -> AbstractQ
         ) from exc
 
 
-async def _close(connection: AbstractConnection) -> None:
+async def close_connection(connection: AbstractConnection) -> None:
     with contextlib.suppress(*BROKER_ERRORS):
         await connection.close()
 
 
-def _text(value: FieldValue | None, name: str) -> str | None:
+def text_field(value: FieldValue | None, name: str) -> str | None:
     """A header or property as text; None when absent or empty. Raises ValueError for a value
     that is not text (bytes count when they are UTF-8)."""
     if value is None or value == "" or value == b"":
@@ -129,14 +128,14 @@ def _text(value: FieldValue | None, name: str) -> str | None:
     raise ValueError(f"the header {name!r} is a {type(value).__name__}, not text")
 
 
-def _number_or_text(value: FieldValue | None, name: str) -> str | None:
+def number_or_text(value: FieldValue | None, name: str) -> str | None:
     """A header that may also be sent as an AMQP integer (a version, a length)."""
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    return _text(value, name)
+    return text_field(value, name)
 
 
-def _count(value: FieldValue | None) -> int:
+def count_field(value: FieldValue | None) -> int:
     """Our attempts header: an integer, or digits; anything else counts as none."""
     if isinstance(value, int) and not isinstance(value, bool):
         return max(value, 0)
@@ -145,7 +144,7 @@ def _count(value: FieldValue | None) -> int:
     return 0
 
 
-def _copy(
+def copy_message(
     message: AbstractIncomingMessage, message_id: str, headers: HeadersType, keep_ttl: bool
 ) -> aio_pika.Message:
     """The message again, persistent, with `headers` added. user_id is left out: the broker
@@ -197,12 +196,12 @@ class _Session:
 
     async def publish(self, message: aio_pika.Message, routing_key: str) -> None:
         self.check()
-        await _publish(self.channel, message, routing_key, self.endpoint.safe_url)
+        await publish_confirmed(self.channel, message, routing_key, self.endpoint.safe_url)
 
     async def close(self) -> None:
         if not self.lost:
             self.lost = f"{self.endpoint.safe_url}: the connection was closed"
-        await _close(self.connection)
+        await close_connection(self.connection)
 
 
 @dataclass(eq=False)
@@ -218,10 +217,10 @@ class RabbitDelivery:
     def __post_init__(self) -> None:
         message = self.message
         headers: Mapping[str, FieldValue] = message.headers or {}
-        self.attempts = _count(headers.get(ATTEMPTS)) + (1 if message.redelivered else 0)
+        self.attempts = count_field(headers.get(ATTEMPTS)) + (1 if message.redelivered else 0)
         self.message_id = message.message_id or str(message.delivery_tag)
         with contextlib.suppress(ValueError):
-            self.reply_to = _text(message.reply_to, "reply_to")
+            self.reply_to = text_field(message.reply_to, "reply_to")
         if not message.body:
             self.problem = "the message has an empty body"
             return
@@ -229,13 +228,13 @@ class RabbitDelivery:
             self.request = QueueRequest(
                 body=message.body,
                 message_id=self.message_id,
-                model=_text(headers.get("model"), "model"),
-                version=_number_or_text(headers.get("version"), "version"),
-                request_id=_text(message.correlation_id, "correlation_id"),
+                model=text_field(headers.get("model"), "model"),
+                version=number_or_text(headers.get("version"), "version"),
+                request_id=text_field(message.correlation_id, "correlation_id"),
                 reply_to=self.reply_to,
-                content_type=_text(message.content_type, "content_type"),
-                header_length=_number_or_text(headers.get(HEADER_LENGTH), HEADER_LENGTH),
-                traceparent=_text(headers.get("traceparent"), "traceparent"),
+                content_type=text_field(message.content_type, "content_type"),
+                header_length=number_or_text(headers.get(HEADER_LENGTH), HEADER_LENGTH),
+                traceparent=text_field(headers.get("traceparent"), "traceparent"),
             )
         except ValueError as exc:
             self.problem = str(exc)
@@ -253,13 +252,13 @@ class RabbitDelivery:
         # Cancelled while waiting (the server stops): nothing is published or acked, and the
         # broker hands the original out again.
         await asyncio.sleep(delay)
-        copy = _copy(self.message, self.message_id, {ATTEMPTS: attempts}, keep_ttl=True)
+        copy = copy_message(self.message, self.message_id, {ATTEMPTS: attempts}, keep_ttl=True)
         await self.session.publish(copy, self.session.endpoint.requests)
         await self.ack()
 
     async def dead_letter(self, attempts: int, error: str) -> None:
         headers: HeadersType = {ATTEMPTS: attempts, ERROR: error}
-        copy = _copy(self.message, self.message_id, headers, keep_ttl=False)
+        copy = copy_message(self.message, self.message_id, headers, keep_ttl=False)
         await self.session.publish(copy, self.session.endpoint.dead)
         await self.ack()
 
@@ -272,7 +271,7 @@ class RabbitTransport:
     async def connect(self) -> None:
         await self.close()
         where = self.endpoint.safe_url
-        connection, channel = await _open(self.endpoint)
+        connection, channel = await open_channel(self.endpoint)
         try:
             try:
                 await channel.set_qos(prefetch_count=self.endpoint.max_in_flight)
@@ -280,11 +279,11 @@ class RabbitTransport:
                 raise BrokerUnavailable(
                     f"{where}: setting the prefetch failed: {describe(exc)}"
                 ) from exc
-            requests = await _declare(channel, self.endpoint.requests, where)
+            requests = await declare_queue(channel, self.endpoint.requests, where)
             # Declared here so that replies to the default queue are routable before any
             # client has declared it.
-            await _declare(channel, self.endpoint.replies, where)
-            await _declare(channel, self.endpoint.dead, where)
+            await declare_queue(channel, self.endpoint.replies, where)
+            await declare_queue(channel, self.endpoint.dead, where)
             session = _Session(self.endpoint, connection, channel)
             try:
                 await requests.consume(session.on_message, no_ack=False)
@@ -293,7 +292,7 @@ class RabbitTransport:
                     f"{where}: consuming {self.endpoint.requests!r} failed: {describe(exc)}"
                 ) from exc
         except BaseException:
-            await _close(connection)
+            await close_connection(connection)
             raise
         self._session = session
 
@@ -345,166 +344,3 @@ class RabbitTransport:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
-
-
-class RabbitQueueClient:
-    """The client side: publish requests, consume replies (each acked as it is returned)."""
-
-    def __init__(self, endpoint: QueueEndpoint) -> None:
-        self.endpoint = endpoint
-        self._connection: AbstractConnection | None = None
-        self._channel: AbstractChannel | None = None
-        self._declared: set[str] = set()
-        self._replies: dict[str, asyncio.Queue[AbstractIncomingMessage | None]] = {}
-        self._lost = ""
-
-    async def connect(self) -> None:
-        await self.close()
-        connection, channel = await _open(self.endpoint)
-        try:
-            await channel.set_qos(prefetch_count=REPLY_PREFETCH)
-        except BROKER_ERRORS as exc:
-            await _close(connection)
-            raise BrokerUnavailable(
-                f"{self.endpoint.safe_url}: setting the prefetch failed: {describe(exc)}"
-            ) from exc
-        self._lost = ""
-        channel.close_callbacks.add(self._on_close)
-        self._connection, self._channel = connection, channel
-
-    def _on_close(self, channel: object, exc: BaseException | None) -> None:
-        if channel is not self._channel or self._lost:
-            return
-        reason = describe(exc) if exc is not None else "closed"
-        self._lost = f"{self.endpoint.safe_url}: the channel closed: {reason}"
-        for arrived in self._replies.values():
-            arrived.put_nowait(None)  # wakes replies() waiting for the first one
-
-    def _live(self) -> AbstractChannel:
-        if self._lost:
-            raise BrokerUnavailable(self._lost)
-        if self._channel is None:
-            raise BrokerUnavailable(f"{self.endpoint.safe_url}: not connected")
-        return self._channel
-
-    async def _queue(self, name: str) -> AbstractQueue:
-        queue = await _declare(self._live(), name, self.endpoint.safe_url)
-        self._declared.add(name)
-        return queue
-
-    async def send(self, request: OutgoingRequest) -> None:
-        # The reply queue too, so that the reply is routable however soon it comes.
-        for name in (self.endpoint.requests, request.reply_to):
-            if name is not None and name not in self._declared:
-                await self._queue(name)
-        headers: HeadersType = {}
-        for key, value in (("model", request.model), ("version", request.version)):
-            if value is not None:
-                headers[key] = value
-        if request.header_length is not None:
-            headers[HEADER_LENGTH] = request.header_length
-        message = aio_pika.Message(
-            request.body,
-            headers=headers,
-            content_type=request.content_type,
-            correlation_id=request.request_id,
-            reply_to=request.reply_to,
-            delivery_mode=DeliveryMode.PERSISTENT,
-        )
-        await _publish(self._live(), message, self.endpoint.requests, self.endpoint.safe_url)
-
-    async def _consuming(self, reply_to: str) -> asyncio.Queue[AbstractIncomingMessage | None]:
-        arrived = self._replies.get(reply_to)
-        if arrived is not None:
-            return arrived
-        queue = await self._queue(reply_to)
-        arrived = asyncio.Queue()
-
-        async def on_message(message: AbstractIncomingMessage) -> None:
-            arrived.put_nowait(message)
-
-        try:
-            await queue.consume(on_message, no_ack=False)
-        except BROKER_ERRORS as exc:
-            raise BrokerUnavailable(
-                f"{self.endpoint.safe_url}: consuming {reply_to!r} failed: {describe(exc)}"
-            ) from exc
-        self._replies[reply_to] = arrived
-        return arrived
-
-    async def replies(self, reply_to: str, max_count: int, timeout: float) -> list[Reply]:
-        arrived = await self._consuming(reply_to)
-        if max_count < 1:
-            return []
-        try:
-            first = await asyncio.wait_for(arrived.get(), max(timeout, 0.0))
-        except TimeoutError:
-            self._live()
-            return []
-        messages = [first]
-        while len(messages) < max_count and not arrived.empty():
-            messages.append(arrived.get_nowait())
-        self._live()
-        # Replies consumed but not returned stay unacked: the broker hands them out again.
-        received = [message for message in messages if message is not None]
-        try:
-            for message in received:
-                await message.ack()
-        except BROKER_ERRORS as exc:
-            raise BrokerUnavailable(
-                f"{self.endpoint.safe_url}: acknowledging replies failed: {describe(exc)}"
-            ) from exc
-        return [_reply(message) for message in received]
-
-    async def dead_letters(self) -> list[DeadLetter]:
-        # basic.get hands out each message once while it stays unacked; the nack that puts them
-        # all back goes out on the same channel as the next call's gets, so they are back first.
-        queue = await _declare(self._live(), self.endpoint.dead, self.endpoint.safe_url)
-        held: list[AbstractIncomingMessage] = []
-        try:
-            while (message := await queue.get(no_ack=False, fail=False)) is not None:
-                held.append(message)
-            # one by one: `multiple` would also requeue replies consumed on this channel
-            for message in held:
-                await message.nack(requeue=True)
-        except BROKER_ERRORS as exc:
-            raise BrokerUnavailable(
-                f"{self.endpoint.safe_url}: reading {self.endpoint.dead!r} failed: {describe(exc)}"
-            ) from exc
-        return [_dead_letter(message) for message in held]
-
-    async def close(self) -> None:
-        connection, self._connection, self._channel = self._connection, None, None
-        self._declared.clear()
-        self._replies.clear()
-        if connection is not None:
-            await _close(connection)
-
-
-def _reply(message: AbstractIncomingMessage) -> Reply:
-    headers: Mapping[str, FieldValue] = message.headers or {}
-
-    def text(name: str) -> str:
-        try:
-            return _number_or_text(headers.get(name), name) or ""
-        except ValueError:
-            return ""
-
-    status, length = text("status"), text(HEADER_LENGTH)
-    return Reply(
-        request_id=message.correlation_id or "",
-        model=text("model"),
-        version=text("version"),
-        status=int(status) if status.isdigit() else 0,
-        body=message.body,
-        header_length=int(length) if length.isdigit() else None,
-    )
-
-
-def _dead_letter(message: AbstractIncomingMessage) -> DeadLetter:
-    headers: Mapping[str, FieldValue] = message.headers or {}
-    try:
-        error = _text(headers.get(ERROR), ERROR) or ""
-    except ValueError:
-        error = ""
-    return DeadLetter(message.correlation_id, error, _count(headers.get(ATTEMPTS)))
