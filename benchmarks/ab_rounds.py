@@ -38,12 +38,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from machine import cpu_model, git_state
+from machine import BENCH, BENCH_PYTHON, PEERS, cpu_model, git_state
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCH = Path(os.environ.get("BENCH", ROOT.parent / "shared" / "bench"))
-PEERS = Path(os.environ.get("PEERS", Path.home() / ".cache" / "modelport-bench"))
-BENCH_PYTHON = PEERS / "venv-torch" / "bin" / "python"
 RESULTS = PEERS / "results" / "results.jsonl"
 CONFIGS = ROOT / "benchmarks" / "configs"
 MODELS = {"mlp": ("bench-mlp.yaml", 32), "cnn": ("bench-cnn.yaml", 8)}  # config, MODELPORT_BATCH

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata as md
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -11,6 +12,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 from loadgen import REPO_ROOT
+
+BENCH = Path(os.environ.get("BENCH", REPO_ROOT.parent / "shared" / "bench"))
+"""The shared bench (its driver compare.py, models, peer servers)."""
+PEERS = Path(os.environ.get("PEERS", Path.home() / ".cache" / "modelport-bench"))
+"""Where the shared bench keeps its venvs, models and results."""
+BENCH_PYTHON = PEERS / "venv-torch" / "bin" / "python"
 
 
 def cpu_model() -> str:
