@@ -115,13 +115,6 @@ class ModelRecord:
     error: str = ""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    def ready_handles(self) -> dict[int, ModelHandle]:
-        return {
-            number: version.phase.handle
-            for number, version in self.versions.items()
-            if isinstance(version.phase, Ready)
-        }
-
 
 class ModelManager:
     def __init__(
@@ -420,24 +413,31 @@ class ModelManager:
         return phase.handle
 
     def _route(self, record: ModelRecord) -> ModelHandle:
-        ready = record.ready_handles()
-        if not ready:
+        """Per request, so it allocates nothing on the common path (no split: the stable
+        label, else the newest ready version)."""
+        config = record.config or _NO_CONFIG
+        if config.traffic:
+            weighted = [
+                (phase.handle, config.traffic[number])
+                for number, version in record.versions.items()
+                if config.traffic.get(number) and isinstance(phase := version.phase, Ready)
+            ]
+            if weighted:
+                handles, weights = zip(*weighted, strict=True)
+                chosen: ModelHandle = self._rng.choices(handles, weights)[0]
+                return chosen
+        stable = record.versions.get(config.labels.get(STABLE, 0))
+        if stable is not None and isinstance(stable.phase, Ready):
+            return stable.phase.handle
+        newest: ModelHandle | None = None
+        newest_number = 0
+        for number, version in record.versions.items():
+            if number > newest_number and isinstance(version.phase, Ready):
+                newest, newest_number = version.phase.handle, number
+        if newest is None:
             reason = f" ({record.error})" if record.error else _reasons(record.versions.values())
             raise ModelNotReady(f"model '{record.name}' has no ready version{reason}")
-        config = record.config or _NO_CONFIG
-        weighted = [
-            (handle, config.traffic[number])
-            for number, handle in ready.items()
-            if config.traffic.get(number)
-        ]
-        if weighted:
-            handles, weights = zip(*weighted, strict=True)
-            chosen: ModelHandle = self._rng.choices(handles, weights)[0]
-            return chosen
-        stable = ready.get(config.labels.get(STABLE, 0))
-        if stable is not None:
-            return stable
-        return ready[max(ready)]
+        return newest
 
     def find(self, name: str, version: str | None = None) -> ModelHandle | None:
         """Like resolve, but returns None instead of raising when nothing is ready."""
