@@ -267,33 +267,39 @@ async def queue_load_async(args: argparse.Namespace) -> dict[str, Any]:
     max_err = 0.0
     checked = 0
 
-    async def send_one() -> None:
-        request_id = uuid.uuid4().hex
-        sent[request_id] = time.perf_counter()
+    async def send_some(count: int) -> None:
+        requests = [
+            OutgoingRequest(body, uuid.uuid4().hex, "mlp", None, args.reply_to)
+            for _ in range(count)
+        ]
+        t0 = time.perf_counter()
+        for request in requests:
+            sent[request.request_id] = t0
         try:
-            await client.send(OutgoingRequest(body, request_id, "mlp", None, args.reply_to))
+            await client.send_many(requests)
         except Exception as exc:
-            sent.pop(request_id, None)
+            for request in requests:
+                sent.pop(request.request_id, None)
             send_errors.append(f"{type(exc).__name__}: {exc}")
             if time.perf_counter() < end and len(send_errors) <= 100:
                 await asyncio.sleep(0.1)
-                spawn()  # keep the count in flight
+                spawn(count)  # keep the count in flight
 
-    def spawn() -> None:
-        task = asyncio.ensure_future(send_one())
+    def spawn(count: int) -> None:
+        task = asyncio.ensure_future(send_some(count))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
     start = time.perf_counter()
     warm_end, end = start + args.warm, start + args.warm + args.seconds
-    for _ in range(args.conc):
-        spawn()
+    spawn(args.conc)
     while True:
         now = time.perf_counter()
         if now >= end and (not sent or now >= end + args.drain):
             break
         if len(send_errors) > 100:
             break
+        more = 0
         for reply in await client.replies(args.reply_to, 4 * args.conc, 0.5):
             t1 = time.perf_counter()
             t0 = sent.pop(reply.request_id, None)
@@ -307,7 +313,10 @@ async def queue_load_async(args: argparse.Namespace) -> dict[str, Any]:
             if warm_end <= t1 < end:
                 latencies.append(t1 - t0)
             if t1 < end:
-                spawn()
+                more += 1
+        if more:
+            # the replies read together are replaced together, in one send_many
+            spawn(more)
     await client.close()
     p50, p99 = percentiles(latencies)
     bad = sum(n for status, n in statuses.items() if status != 200)

@@ -165,11 +165,7 @@ class Exchange:
         self._run(self._client.send(OutgoingRequest(body, request_id, model)))
 
     def send_many(self, requests: list[OutgoingRequest]) -> None:
-        async def all_of() -> None:
-            for request in requests:
-                await self._client.send(request)
-
-        self._run(all_of())
+        self._run(self._client.send_many(requests))
 
     def replies(self, count: int, what: str, timeout: float = 120.0) -> list[Reply]:
         """Read replies until `count` distinct request ids have one (duplicates are kept)."""
@@ -420,11 +416,14 @@ def test_redis_a_reply_to_that_is_no_stream_sends_the_request_to_the_dead_letter
     try:
         client.set("not-a-stream", "x")
         with serving(repo, tmp_path / "server.log", queue):
-            exchange._run(
-                exchange._client.send(
-                    OutgoingRequest(mlp_body(1, 0), "wrong-type", "mlp", reply_to="not-a-stream")
-                )
-            )
+            # sent together, read together, and settled in one script call: the refused reply
+            # must not take the others with it
+            good = [OutgoingRequest(mlp_body(1, n), f"good-{n}", "mlp") for n in range(3)]
+            wrong = OutgoingRequest(mlp_body(1, 0), "wrong-type", "mlp", reply_to="not-a-stream")
+            exchange.send_many([good[0], wrong, *good[1:]])
+            replies = exchange.replies(3, "the other replies")
+            assert sorted(r.request_id for r in replies) == ["good-0", "good-1", "good-2"]
+            assert all(reply.status == 200 for reply in replies)
             wait_until(lambda: bool(exchange.dead_letters()), "the dead letter")
         [dead] = exchange.dead_letters()
         assert dead.request_id == "wrong-type" and "refused" in dead.error

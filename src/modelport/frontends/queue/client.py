@@ -40,6 +40,11 @@ class QueueClient(Protocol):
         """Publish a request; returns once the broker has accepted it."""
         ...
 
+    async def send_many(self, requests: Sequence[OutgoingRequest]) -> None:
+        """Publish several requests at once (pipelined where the broker allows); returns once
+        the broker has accepted them all."""
+        ...
+
     async def replies(self, reply_to: str, max_count: int, timeout: float) -> Sequence[Reply]:
         """Replies that arrived on reply_to (each read once), waiting up to timeout seconds for
         the first."""

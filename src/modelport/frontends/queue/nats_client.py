@@ -4,7 +4,9 @@ benchmark."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from collections.abc import Sequence
 
 import nats
 import nats.errors
@@ -163,6 +165,10 @@ class NatsQueueClient:
                 timeout=API_TIMEOUT_S,
                 headers=request_headers(request),
             )
+
+    async def send_many(self, requests: Sequence[OutgoingRequest]) -> None:
+        """All published at once; each still waits for its own confirmation."""
+        await asyncio.gather(*(self.send(request) for request in requests))
 
     async def replies(self, reply_to: str, max_count: int, timeout: float) -> list[Reply]:
         nc, js = self._connection()

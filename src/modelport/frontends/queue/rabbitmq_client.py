@@ -4,7 +4,7 @@ letters, for `modelport queue send`, the tests and the benchmark."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import aio_pika
 from aio_pika.abc import (
@@ -126,6 +126,10 @@ class RabbitQueueClient:
             ) from exc
         self._replies[reply_to] = arrived
         return arrived
+
+    async def send_many(self, requests: Sequence[OutgoingRequest]) -> None:
+        """All published at once; each still waits for its own confirmation."""
+        await asyncio.gather(*(self.send(request) for request in requests))
 
     async def replies(self, reply_to: str, max_count: int, timeout: float) -> list[Reply]:
         arrived = await self._consuming(reply_to)

@@ -14,6 +14,7 @@ import asyncio
 import os
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,11 +27,39 @@ from modelport.frontends.queue.endpoint import QueueEndpoint
 from modelport.frontends.queue.transport import BrokerUnavailable, Delivery, ReplyRefused
 
 REPLY_AND_ACK = """
-redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
-redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[2], ARGV[2])
-return 1
+-- KEYS[1]: the requests stream; KEYS[2..]: one reply stream per reply.
+-- ARGV[1]: the group; then 7 values per reply: the request's entry id, then the reply's
+-- id, model, version, status, body and header length ('' for a JSON body).
+-- Each reply is added, then its request acknowledged and deleted; a reply whose XADD fails
+-- (its reply_to names a key that is no stream) leaves its request as it was, and the others
+-- go on. Returns, per reply, 1 or the error of its XADD.
+local results = {}
+for i = 2, #KEYS do
+  local at = 2 + (i - 2) * 7
+  local entry_id, length = ARGV[at], ARGV[at + 6]
+  local added
+  if length == '' then
+    added = redis.pcall('XADD', KEYS[i], '*', 'id', ARGV[at + 1], 'model', ARGV[at + 2],
+      'version', ARGV[at + 3], 'status', ARGV[at + 4], 'content_type', 'application/json',
+      'body', ARGV[at + 5])
+  else
+    added = redis.pcall('XADD', KEYS[i], '*', 'id', ARGV[at + 1], 'model', ARGV[at + 2],
+      'version', ARGV[at + 3], 'status', ARGV[at + 4],
+      'content_type', 'application/octet-stream', 'body', ARGV[at + 5],
+      'inference_header_content_length', length)
+  end
+  if type(added) == 'table' and added.err then
+    results[#results + 1] = added.err
+  else
+    redis.call('XACK', KEYS[1], ARGV[1], entry_id)
+    redis.call('XDEL', KEYS[1], entry_id)
+    results[#results + 1] = 1
+  end
+end
+return results
 """
+MAX_SETTLED_TOGETHER = 64
+"""Replies (with their acknowledgements) sent in one script call at most."""
 BLOCK_MS = 1000
 SOCKET_SLACK_S = 10.0
 Fields = dict[bytes, bytes]
@@ -92,6 +121,22 @@ class RedisDelivery:
         await self.transport.move(self.entry_id, self.transport.endpoint.dead, dead)
 
 
+@dataclass(eq=False, slots=True)
+class _Settling:
+    """One reply and the acknowledgement of its request, waiting to be sent with others."""
+
+    reply_to: str
+    entry_id: bytes
+    reply: Reply
+    done: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+    def fail(self, error: Exception) -> None:
+        if not self.done.done():
+            self.done.set_exception(error)
+
+
 class RedisStreamsTransport:
     def __init__(self, endpoint: QueueEndpoint) -> None:
         self.endpoint = endpoint
@@ -99,6 +144,9 @@ class RedisStreamsTransport:
         self._consumer = f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
         self._next_claim = 0.0
         self._claim_cursor = b"0-0"
+        self._settling: list[_Settling] = []
+        """Replies waiting for the next script call (reply_and_ack)."""
+        self._settle_tasks: set[asyncio.Task[None]] = set()
 
     async def connect(self) -> None:
         # a half-open connection must fail, not hang: reads block BLOCK_MS at most
@@ -199,20 +247,45 @@ class RedisStreamsTransport:
         await self.move(entry_id, None, {})
 
     async def reply_and_ack(self, reply_to: str, reply: Reply, delivery: Delivery) -> None:
-        """The reply and the acknowledgement in one round trip, atomically: a script stops at
-        the first failing command, so a reply XADD that fails (reply_to is no stream) leaves
-        the request unacknowledged."""
+        """The reply and the acknowledgement in one step, atomically for this request. Replies
+        finished in the same turn of the event loop (a batch the model ran together) go to
+        Redis in one script call: one round trip, and one append-only-file write, for all."""
         assert isinstance(delivery, RedisDelivery)
-        pairs = [item for pair in _reply_fields(reply).items() for item in pair]
+        settling = _Settling(reply_to, delivery.entry_id, reply)
+        if not self._settling:
+            asyncio.get_running_loop().call_soon(self._settle_waiting)
+        self._settling.append(settling)
+        await settling.done
+
+    def _settle_waiting(self) -> None:
+        waiting, self._settling = self._settling, []
+        for start in range(0, len(waiting), MAX_SETTLED_TOGETHER):
+            task = asyncio.create_task(self._settle(waiting[start : start + MAX_SETTLED_TOGETHER]))
+            self._settle_tasks.add(task)
+            task.add_done_callback(self._settle_tasks.discard)
+
+    async def _settle(self, batch: list[_Settling]) -> None:
+        keys = [self.endpoint.requests]
+        args: list[str | bytes] = [self.endpoint.group]
+        for item in batch:
+            reply = item.reply
+            keys.append(item.reply_to)
+            length = "" if reply.header_length is None else str(reply.header_length)
+            args += (item.entry_id, reply.request_id, reply.model, reply.version)
+            args += (str(reply.status), reply.body, length)
         try:
-            await self._reply_and_ack(
-                keys=[reply_to, self.endpoint.requests],
-                args=[self.endpoint.group, delivery.entry_id, *pairs],
-            )
-        except ResponseError as exc:
-            raise ReplyRefused(f"{reply_to}: {exc}") from exc
+            results: Any = await self._reply_and_ack(keys=keys, args=args)
         except (RedisError, OSError) as exc:
-            raise BrokerUnavailable(str(exc)) from exc
+            for item in batch:
+                item.fail(BrokerUnavailable(str(exc)))
+            return
+        for item, result in zip(batch, results, strict=True):
+            if result == 1:
+                if not item.done.done():
+                    item.done.set_result(None)
+            else:  # e.g. reply_to names a key that is not a stream
+                text = result.decode() if isinstance(result, bytes) else str(result)
+                item.fail(ReplyRefused(f"{item.reply_to}: {text}"))
 
     async def move(self, entry_id: bytes, stream: str | None, fields: Fields) -> None:
         """Add `fields` to `stream` (if any) and acknowledge and delete the original, all or
@@ -252,21 +325,14 @@ class RedisQueueClient:
         return self._client
 
     async def send(self, request: OutgoingRequest) -> None:
-        fields: dict[str, str | bytes] = {
-            "id": request.request_id,
-            "content_type": request.content_type,
-            "body": request.body,
-        }
-        for key, value in (
-            ("model", request.model),
-            ("version", request.version),
-            ("reply_to", request.reply_to),
-        ):
-            if value is not None:
-                fields[key] = value
-        if request.header_length is not None:
-            fields["inference_header_content_length"] = str(request.header_length)
-        await self._redis().xadd(self.endpoint.requests, fields)  # type: ignore[arg-type]
+        await self._redis().xadd(self.endpoint.requests, _request_fields(request))  # type: ignore[arg-type]
+
+    async def send_many(self, requests: Sequence[OutgoingRequest]) -> None:
+        """One round trip for all: a pipeline of XADDs (not a transaction: each stands alone)."""
+        async with self._redis().pipeline(transaction=False) as pipe:
+            for request in requests:
+                pipe.xadd(self.endpoint.requests, _request_fields(request))  # type: ignore[arg-type]
+            await pipe.execute()
 
     async def replies(self, reply_to: str, max_count: int, timeout: float) -> list[Reply]:
         start = self._positions.get(reply_to, b"0-0")
@@ -293,6 +359,24 @@ class RedisQueueClient:
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
+
+
+def _request_fields(request: OutgoingRequest) -> dict[str, str | bytes]:
+    fields: dict[str, str | bytes] = {
+        "id": request.request_id,
+        "content_type": request.content_type,
+        "body": request.body,
+    }
+    for key, value in (
+        ("model", request.model),
+        ("version", request.version),
+        ("reply_to", request.reply_to),
+    ):
+        if value is not None:
+            fields[key] = value
+    if request.header_length is not None:
+        fields["inference_header_content_length"] = str(request.header_length)
+    return fields
 
 
 def _reply_fields(reply: Reply) -> dict[str, str | bytes]:
