@@ -7,7 +7,7 @@ GRPC_PORT ?= 8001
 HOST ?= 127.0.0.1
 SERVE_ARGS ?=
 
-.PHONY: serve test lint format examples proto bench bench-peers bench-workers bench-ceiling bench-ab bench-queues bench-memory bench-runtimes bench-optimize clean
+.PHONY: serve test lint format examples proto bench bench-peers bench-workers bench-ceiling bench-ab bench-queues bench-security bench-memory bench-runtimes bench-optimize clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "modelport needs Python 3.11+"'
@@ -72,6 +72,12 @@ bench-ceiling: $(VENV)/.installed-dev
 bench-ab: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/ab_rounds.py --tag $${TAG:-run} --rounds $${ROUNDS:-3} \
 		--before /tmp/modelport-ab-$${TAG:-run} --before-commit $$(git rev-parse --short $${BEFORE:-HEAD~1})
+
+# mlp at concurrency 32 over REST (wrk) and gRPC (h2load): plain vs API key vs TLS vs both
+bench-security: $(VENV)/.installed-dev
+	command -v wrk >/dev/null && command -v h2load >/dev/null || \
+		(apt-get update && apt-get install -y wrk nghttp2-client)
+	$(BIN)/python benchmarks/security.py --tag $${TAG:-run} --rounds $${ROUNDS:-5} --dur $${DURATION:-8}
 
 # mlp through Redis Streams, RabbitMQ and NATS JetStream (32 in flight) against modelport's REST JSON
 # and a Celery worker on Redis, in alternating rounds; brokers: bash scripts/install_test_deps.sh

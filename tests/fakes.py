@@ -189,14 +189,28 @@ class FakeRecorder:
 
 
 @dataclass
+class FakeLimitRecorder:
+    observer: FakeObserver
+    model: str
+
+    def refused(self, limit: str) -> None:
+        self.observer.limited.append((self.model, limit))
+
+
+@dataclass
 class FakeObserver:
     states: list[tuple[str, str, str]] = field(default_factory=list)
     requests: list[tuple[str, str, str]] = field(default_factory=list)
     in_flight: int = 0
     on_state: Callable[[str, str, str], None] | None = None
+    limited: list[tuple[str, str]] = field(default_factory=list)
+    """(model, limit) for each request a model's limits refused."""
 
     def recorder(self, model: str, version: str) -> FakeRecorder:
         return FakeRecorder(self, model, version)
+
+    def limit_recorder(self, model: str) -> FakeLimitRecorder:
+        return FakeLimitRecorder(self, model)
 
     def model_state(self, model: str, version: str, state: str) -> None:
         self.states.append((model, version, state))

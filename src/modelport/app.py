@@ -21,6 +21,7 @@ from modelport.frontends.grpc.server import GrpcServer
 from modelport.frontends.queue.service import QueueService
 from modelport.frontends.rest import create_app
 from modelport.frontends.rest.off_loop import OffLoop
+from modelport.observability.access_metrics import AccessMetrics
 from modelport.observability.metrics import Metrics
 from modelport.observability.queue_metrics import (
     QueueMetricFamilies,
@@ -30,6 +31,8 @@ from modelport.observability.queue_metrics import (
 from modelport.repository import LocalRepository
 from modelport.repository.poller import RepositoryPoller
 from modelport.runtimes import RuntimeRegistry
+from modelport.security.access import AccessControl
+from modelport.security.tls import ServerTls
 from modelport.settings import ServerSettings
 
 log = logging.getLogger("modelport")
@@ -45,6 +48,8 @@ class Application:
     metrics: Metrics
     http: ASGIApp
     queues: QueueService
+    tls: ServerTls | None = None
+    """Both ports' TLS contexts (--tls-cert); serving.py reloads them on SIGHUP."""
 
     def stop_reading(self) -> None:
         """The server is asked to stop: take no more queue requests from now on (those in
@@ -61,7 +66,15 @@ def build(settings: ServerSettings, grpc_socket: socket.socket | None = None) ->
         max_tensor_elements=settings.max_tensor_elements,
     )
     one_of_several = settings.workers > 1  # serving.py runs this in each of N worker processes
+    tls_files = settings.tls_files()
+    tls = ServerTls(tls_files) if tls_files is not None else None  # TlsError names a bad file
     metrics = Metrics(multiprocess=one_of_several)
+    access = AccessControl.from_sources(
+        settings.api_keys,
+        settings.env_api_key(),
+        protect_health=settings.protect_health,
+        observer=AccessMetrics(metrics.registry),
+    )
     repository = LocalRepository(settings.repository)
     manager = ModelManager(repository, RuntimeRegistry(), metrics, limits)
     plane = DataPlane(
@@ -100,29 +113,42 @@ def build(settings: ServerSettings, grpc_socket: socket.socket | None = None) ->
             settings.grpc_port,
             max_message_bytes=settings.max_request_bytes,
             sock=grpc_socket,
+            access=access,
+            tls=tls.grpc.listener if tls is not None else None,
         )
         if one_of_several:
             await _load(plane, poller)
         await grpc_server.start()
-        log.info("v2 gRPC on %s:%d", settings.host, settings.grpc_port)
+        log.info(
+            "v2 gRPC%s on %s:%d", " over TLS" if tls else "", settings.host, settings.grpc_port
+        )
         loading = asyncio.create_task(
             _follow(plane, poller, queues, loaded=one_of_several), name="modelport-start"
         )
         loading.add_done_callback(_report_loaded)
+        log.info("%s", access.summary())
+        following_keys = asyncio.create_task(access.watch(), name="modelport-keys")
         try:
             yield
         finally:
+            following_keys.cancel()
             loading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loading
+            with contextlib.suppress(asyncio.CancelledError):
+                await following_keys
             await queues.stop()  # finishes and acknowledges the queue requests in flight
             await grpc_server.stop(grace=5)
             await plane.close()
 
     http = create_app(
-        plane, metrics, max_request_bytes=settings.max_request_bytes, lifespan=lifespan
+        plane,
+        metrics,
+        max_request_bytes=settings.max_request_bytes,
+        lifespan=lifespan,
+        access=access,
     )
-    return Application(settings, plane, metrics, http, queues)
+    return Application(settings, plane, metrics, http, queues, tls=tls)
 
 
 def _present(families: QueueMetricFamilies | None) -> QueueMetricFamilies:

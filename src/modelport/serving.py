@@ -7,6 +7,7 @@ accepting only once its models are loaded, so no request reaches a worker that i
 Prometheus metrics are summed over the workers (prometheus_client's multiprocess mode); Triton's
 statistics and the repository index answer for the worker that took the request. A worker that
 dies is replaced; workers stop when the supervisor does, or when it is killed outright.
+With TLS, SIGHUP reloads the certificates (the supervisor passes it on to each worker).
 benchmarks/results/workers-*.md measures when more workers pay (overhead-bound models).
 """
 
@@ -26,6 +27,7 @@ from collections import deque
 from types import FrameType
 from typing import Any
 
+from modelport.security.tls import ServerTls
 from modelport.settings import ServerSettings
 
 log = logging.getLogger("modelport")
@@ -56,6 +58,7 @@ def run_server(
     from modelport.app import build
 
     application = build(settings, grpc_socket=grpc_socket)
+    tls = application.tls
     config = uvicorn.Config(
         application.http,
         host=settings.host,
@@ -66,7 +69,12 @@ def run_server(
         log_config=None,
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
+        # our context, not one uvicorn builds from file names: its certificates are reloaded
+        ssl_context_factory=(lambda *_: tls.http.listener) if tls is not None else None,
     )
+    if tls is not None:
+        log.info("TLS on both ports: %s", tls.describe())
+        reload_on_sighup(tls)
 
     class StoppingServer(uvicorn.Server):
         """Stops taking queue requests when the signal comes, not after the HTTP drain."""
@@ -76,6 +84,12 @@ def run_server(
             super().handle_exit(sig, frame)
 
     StoppingServer(config).run(sockets=[http_socket] if http_socket is not None else None)
+
+
+def reload_on_sighup(tls: ServerTls) -> None:
+    """SIGHUP reads the certificate files again for new handshakes (a Python handler: it runs
+    on the main thread, which is the event loop's, between two steps of its work)."""
+    signal.signal(signal.SIGHUP, lambda *_: tls.reload())
 
 
 def bind(host: str, port: int, what: str) -> socket.socket:
@@ -99,9 +113,13 @@ class Supervisor:
         self._workers: list[Any] = []
         self._restarts: deque[float] = deque()
         self._stopping = threading.Event()
+        self._tls_files = settings.tls_files()
 
     def run(self) -> int:
         settings = self._settings
+        if self._tls_files is not None:
+            ServerTls(self._tls_files)  # a bad file is reported once, before any worker starts
+            signal.signal(signal.SIGHUP, lambda *_: self._signal_workers(signal.SIGHUP))
         http = bind(settings.host, settings.http_port, "HTTP")
         grpc = bind(settings.host, settings.grpc_port, "gRPC")
         metrics_dir = tempfile.mkdtemp(prefix="modelport-metrics-")
@@ -132,8 +150,23 @@ class Supervisor:
             args=(self._settings, http, grpc, os.getpid()),
             name=f"modelport-worker-{index}",
         )
-        process.start()
+        if self._tls_files is None:
+            process.start()
+            return process
+        # The worker inherits SIGHUP ignored until it has read its certificates and taken the
+        # signal itself: one that came earlier would otherwise end it (the default action).
+        forwarding = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        try:
+            process.start()
+        finally:
+            signal.signal(signal.SIGHUP, forwarding)
         return process
+
+    def _signal_workers(self, signum: int) -> None:
+        for process in self._workers:
+            if process.pid is not None and process.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signum)
 
     def _watch(self, http: socket.socket, grpc: socket.socket, metrics_dir: str) -> int:
         from prometheus_client import multiprocess

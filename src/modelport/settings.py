@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from modelport.frontends.queue.endpoint import EndpointError, QueueEndpoint, parse_endpoints
+from modelport.security.exposure import open_server_refusal
+from modelport.security.keys import KeyFileError, read_key_file
+from modelport.security.tls import TlsFiles
 
 EXAMPLE_REPOSITORY = Path(__file__).parent / "examples" / "repository"
 
@@ -32,6 +35,19 @@ class ServerSettings(BaseSettings):
     """Server processes sharing the ports, each with its own copy of the models (serving.py)."""
     queue: Annotated[tuple[str, ...], NoDecode] = ()
     """Message queues to serve (--queue, repeatable; MODELPORT_QUEUE is comma-separated)."""
+    api_keys: Path | None = None
+    """The API key file (--api-keys, MODELPORT_API_KEYS), read again when it changes."""
+    api_key: SecretStr | None = None
+    """One key with every scope, from MODELPORT_API_KEY only: no flag, whose value `ps` shows."""
+    allow_unauthenticated: bool = False
+    """Serve a non-loopback address without keys (e.g. behind an authenticating gateway)."""
+    protect_health: bool = False
+    """Health endpoints need a valid key too (they are open by default, for probes)."""
+    tls_cert: Path | None = None
+    """PEM certificate (chain) for both ports; with tls_key, both serve TLS only."""
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    """PEM CA certificates: clients must then present a certificate signed by one (mTLS)."""
 
     @field_validator("queue", mode="before")
     @classmethod
@@ -71,3 +87,41 @@ class ServerSettings(BaseSettings):
     @property
     def uses_examples(self) -> bool:
         return self.model_repository is None
+
+    @model_validator(mode="after")
+    def _tls_files_together(self) -> ServerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together: give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        return self
+
+    def tls_files(self) -> TlsFiles | None:
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        return TlsFiles(self.tls_cert, self.tls_key, self.tls_client_ca)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _key_file_valid(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            try:
+                read_key_file(path)
+            except KeyFileError as exc:
+                raise ValueError(str(exc)) from None
+        return path
+
+    @model_validator(mode="after")
+    def _keys_unless_loopback(self) -> ServerSettings:
+        if not self.keys_configured and not self.allow_unauthenticated:
+            refusal = open_server_refusal(self.host)
+            if refusal is not None:
+                raise ValueError(refusal)
+        return self
+
+    @property
+    def keys_configured(self) -> bool:
+        return self.api_keys is not None or bool(self.env_api_key())
+
+    def env_api_key(self) -> str | None:
+        return None if self.api_key is None else self.api_key.get_secret_value() or None

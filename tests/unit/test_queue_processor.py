@@ -126,7 +126,7 @@ def error_of(reply: Reply) -> str:
 def test_an_answer_is_replied_then_acknowledged() -> None:
     async def scenario(rig: Rig) -> None:
         delivery = FakeDelivery(request(request_id="r1", reply_to="mine"))
-        assert await rig.processor.process(delivery) is False
+        assert await rig.processor.process(delivery) is None
         [(reply_to, reply)] = rig.transport.replies
         assert (reply_to, reply.status, reply.request_id, reply.model) == ("mine", 200, "r1", "m")
         assert orjson.loads(reply.body)["id"] == "r1"
@@ -161,7 +161,7 @@ def test_a_client_error_is_answered_at_once_and_not_retried(
 ) -> None:
     async def scenario(rig: Rig) -> None:
         delivery = FakeDelivery(message)
-        assert await rig.processor.process(delivery) is False
+        assert await rig.processor.process(delivery) is None
         [(_, reply)] = rig.transport.replies
         assert reply.status == status and words in error_of(reply)
         assert delivery.settled == ["ack"]
@@ -174,10 +174,10 @@ def test_a_transient_failure_is_retried_until_the_last_attempt() -> None:
     async def scenario(rig: Rig) -> None:
         rig.core.runtimes.failing_runs.add("m-1")
         first = FakeDelivery(request())
-        assert await rig.processor.process(first) is True  # handed back: the caller retries
+        assert await rig.processor.process(first) == 0.5  # handed back: retry in retry_delay
         assert first.settled == [] and rig.transport.replies == []
         last = FakeDelivery(request(), attempts=4)  # the fifth attempt of max_attempts 5
-        assert await rig.processor.process(last) is False
+        assert await rig.processor.process(last) is None
         [(_, reply)] = rig.transport.replies
         assert reply.status == 500 and "the fake model broke" in error_of(reply)
         assert last.settled == [
@@ -187,10 +187,25 @@ def test_a_transient_failure_is_retried_until_the_last_attempt() -> None:
     run(scenario)
 
 
+def test_a_rate_limited_request_is_retried_no_sooner_than_its_retry_after() -> None:
+    async def scenario(rig: Rig) -> None:
+        rig.core.source.put("m", (1,), {"rate_limit": {"requests_per_second": 0.5, "burst": 1}})
+        await rig.core.manager.sync("m")
+        assert await rig.processor.process(FakeDelivery(request())) is None  # the burst
+        limited = FakeDelivery(request())
+        delay = await rig.processor.process(limited)
+        # a token every 2 s: the backoff alone (retry_delay 0.5 s) would come back too soon
+        assert delay is not None and 1.9 < delay <= 2.0
+        assert limited.settled == [] and len(rig.transport.replies) == 1
+        assert rig.processor.retry_delay(1, at_least=60.0) == 15.0  # half the visibility timeout
+
+    run(scenario)
+
+
 def test_a_message_delivered_too_often_is_not_run_again() -> None:
     async def scenario(rig: Rig) -> None:
         delivery = FakeDelivery(request(), attempts=5)  # e.g. it crashed the server each time
-        assert await rig.processor.process(delivery) is False
+        assert await rig.processor.process(delivery) is None
         assert sum(host.runs for host in rig.core.runtimes.hosts) == 0
         [(_, reply)] = rig.transport.replies
         assert reply.status == 500 and "delivered 5 times" in error_of(reply)

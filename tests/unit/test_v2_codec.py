@@ -182,6 +182,8 @@ def test_json_uint64_values_are_exact(data: list, ok: bool) -> None:
         ("/v2/models/mlp/ready", None),
         ("/v2/models/mlp/versions/3/ready", None),
         ("/v2/repository/models/mlp/infer", None),
+        # no leading slash: the access guard classifies it as no route, so neither is it one
+        ("x/v2/models/mlp/infer", None),
     ],
 )
 def test_infer_paths_are_recognised_like_the_route_table_would(

@@ -11,6 +11,7 @@ import click
 from modelport.__about__ import __version__
 from modelport.cli import operate
 from modelport.cli import optimize as optimize_commands
+from modelport.cli.keys import keys as key_commands
 from modelport.cli.queue import queue as queue_commands
 
 
@@ -83,6 +84,44 @@ def cli() -> None:
     "see the README).",
 )
 @click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="PEM certificate (chain): both ports serve TLS 1.2+ only. Needs --tls-key. "
+    "SIGHUP reloads the files.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="PEM private key of --tls-cert (unencrypted).",
+)
+@click.option(
+    "--tls-client-ca",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="PEM CA certificates: clients must present a certificate signed by one (mTLS).",
+)
+@click.option(
+    "--api-keys",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="API key file (or MODELPORT_API_KEYS; `modelport keys add` writes it): requests need "
+    "'Authorization: Bearer KEY'. Read again when it changes. MODELPORT_API_KEY=KEY alone "
+    "is one key with every scope.",
+)
+@click.option(
+    "--allow-unauthenticated",
+    is_flag=True,
+    default=None,
+    help="Serve a non-loopback --host without API keys (refused otherwise).",
+)
+@click.option(
+    "--protect-health/--no-protect-health",
+    default=None,
+    help="Health endpoints need a key too (default: open, for probes).",
+)
+@click.option(
     "--log-level",
     default=None,
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
@@ -92,6 +131,7 @@ def serve(**options: object) -> None:
     from pydantic import ValidationError
 
     from modelport.observability.logging import configure
+    from modelport.security.tls import TlsError
     from modelport.serving import serve as run
     from modelport.settings import ServerSettings
 
@@ -103,7 +143,11 @@ def serve(**options: object) -> None:
         problems = "; ".join(error["msg"].removeprefix("Value error, ") for error in exc.errors())
         raise click.UsageError(problems) from None
     configure(settings.log_level)
-    sys.exit(run(settings))
+    try:
+        status = run(settings)
+    except TlsError as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(status)
 
 
 for command in (
@@ -112,6 +156,7 @@ for command in (
     operate.rollback,
     operate.models,
     queue_commands,
+    key_commands,
     *optimize_commands.COMMANDS,
 ):
     cli.add_command(command)

@@ -8,6 +8,7 @@ the model again through its API.
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from modelport.repository import publish as repo_publish
 from modelport.repository.local import LocalRepository
 
 F = TypeVar("F", bound=Callable[..., Any])
+API_KEY_VARIABLE = "MODELPORT_API_KEY"
 
 
 def repository_option(*, required: bool) -> Callable[[F], F]:
@@ -54,11 +56,19 @@ class ServerClient:
             self.base = f"http://{self.base}"
         self.timeout = timeout
 
+    @staticmethod
+    def headers() -> dict[str, str]:
+        """With MODELPORT_API_KEY set, requests carry it (the server needs the management
+        scope); it is read from the environment, never from a flag that `ps` would show."""
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(API_KEY_VARIABLE)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
     def post(self, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
         data = json.dumps(body or {}).encode()
-        request = urllib.request.Request(
-            self.base + path, data=data, headers={"Content-Type": "application/json"}
-        )
+        request = urllib.request.Request(self.base + path, data=data, headers=self.headers())
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as reply:
                 return reply.status, json.loads(reply.read() or b"{}")

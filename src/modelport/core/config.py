@@ -6,6 +6,7 @@ Shapes are written in v2 terms: the batch dimension included, -1 for a dimension
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Literal
 
@@ -18,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from modelport.core.limits import RateLimit
 from modelport.core.types import DataType, TensorSpec
 
 LABEL = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
@@ -163,6 +165,18 @@ class DynamicBatching(_Strict):
         return tuple(sorted(set(sizes)))
 
 
+class RateLimitConfig(_Strict):
+    """A token bucket: up to `burst` requests at once, refilled at `requests_per_second`."""
+
+    requests_per_second: float = Field(gt=0, allow_inf_nan=False, strict=True)
+    burst: int | None = Field(default=None, ge=1, strict=True)
+    """Defaults to one second's worth of requests (at least 1)."""
+
+    def limit(self) -> RateLimit:
+        burst = self.burst or max(1, math.ceil(self.requests_per_second))
+        return RateLimit(self.requests_per_second, burst)
+
+
 class PipelineStep(_Strict):
     """One model a pipeline calls, and how its tensors connect to the pipeline's."""
 
@@ -210,6 +224,10 @@ class ModelConfig(_Strict):
     """The model file's SHA-256; a file that does not match is refused."""
     pipeline: tuple[PipelineStep, ...] = ()
     """Other models run in order as one (Triton's ensembles); inputs/outputs are the pipeline's."""
+    rate_limit: RateLimitConfig | None = None
+    """Requests to the model (all its versions together) past this rate get 429."""
+    max_in_flight: int | None = Field(default=None, ge=1, strict=True)
+    """Requests the model (all its versions together) decodes or runs at once; more get 429."""
 
     def labels_of(self, version: int) -> list[str]:
         return sorted(label for label, number in self.labels.items() if number == version)

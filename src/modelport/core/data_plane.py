@@ -16,7 +16,14 @@ from typing import Literal
 import numpy as np
 
 from modelport.__about__ import __version__
-from modelport.core.errors import InferenceFailed, ModelportError, NotAllowed, public_error
+from modelport.core.admission import Admission
+from modelport.core.errors import (
+    InferenceFailed,
+    ModelportError,
+    NotAllowed,
+    RateLimited,
+    public_error,
+)
 from modelport.core.manager import ModelManager
 from modelport.core.stats import ModelStatistics
 from modelport.core.types import InferRequest, InferResponse
@@ -158,23 +165,43 @@ class DataPlane:
     # ---- inference -------------------------------------------------------------------------
 
     async def infer(self, handle: ModelHandle, decode: Decode) -> InferResponse:
-        """Decode a request with the handle's guard and run it; a refused request (bad body,
-        too large, queue full, timeout, a failing model) is counted against the version."""
+        """Admit a request under its model's limits, decode it with the handle's guard and run
+        it; a refused request (over a limit, bad body, too large, queue full, timeout, a failing
+        model) is counted against the version."""
         started = time.perf_counter_ns()
+        admission = self._admit(handle, started)
         try:
-            decoded = decode(handle.guard)
-            validated = decoded if isinstance(decoded, ValidatedRequest) else await decoded
-        except Exception as exc:  # a frontend's own failure counts too, as internal
-            self._reject(handle, public_error(exc), started)
-            raise
-        return await self._run(handle, validated, started)
+            try:
+                decoded = decode(handle.guard)
+                validated = decoded if isinstance(decoded, ValidatedRequest) else await decoded
+            except Exception as exc:  # a frontend's own failure counts too, as internal
+                self._reject(handle, public_error(exc), started)
+                raise
+            return await self._run(handle, validated, started)
+        finally:  # success, error, cancellation (a client gone, a gRPC deadline) alike
+            admission.leave()
 
     async def infer_request(self, request: InferRequest) -> InferResponse:
         """Run a request whose arrays are decoded already (a pipeline step, say): resolved by
-        its model name and version, then checked in full."""
+        its model name and version, admitted under its model's limits, then checked in full."""
         started = time.perf_counter_ns()
         handle = self._manager.resolve(request.model_name, request.model_version)
-        return await self._run(handle, self._validate(handle, request, started), started)
+        admission = self._admit(handle, started)
+        try:
+            return await self._run(handle, self._validate(handle, request, started), started)
+        finally:
+            admission.leave()
+
+    def _admit(self, handle: ModelHandle, started: int) -> Admission:
+        """Enter the model's admission (rate_limit, max_in_flight) before any decoding work;
+        the caller leaves the one returned, even if the handle is re-routed meanwhile."""
+        admission = handle._admission
+        try:
+            admission.enter()
+        except RateLimited as exc:
+            self._reject(handle, exc, started)
+            raise
+        return admission
 
     def _validate(
         self, handle: ModelHandle, request: InferRequest, started: int

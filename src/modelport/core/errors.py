@@ -12,6 +12,7 @@ class ErrorKind(enum.Enum):
     UNAUTHENTICATED = "unauthenticated"
     FORBIDDEN = "forbidden"
     TOO_LARGE = "too_large"
+    RATE_LIMITED = "rate_limited"
     UNAVAILABLE = "unavailable"
     TIMEOUT = "timeout"
     PRECONDITION = "precondition"
@@ -48,6 +49,17 @@ class Unauthenticated(ModelportError):
 
 class Forbidden(ModelportError):
     kind = ErrorKind.FORBIDDEN
+
+
+class RateLimited(ModelportError):
+    """Over a rate limit or an in-flight cap (a model's or an API key's); `retry_after` is the
+    seconds until a request would be let through (HTTP Retry-After)."""
+
+    kind = ErrorKind.RATE_LIMITED
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ServerBusy(ModelportError):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
+from modelport.core.admission import Admission, LimitRecorder
 from modelport.core.config import ModelConfig
 from modelport.core.errors import (
     InvalidInput,
@@ -25,6 +26,7 @@ from modelport.core.errors import (
     ModelNotReady,
     ModelportError,
 )
+from modelport.core.limits import RateLimit
 from modelport.core.pipeline import Pipeline
 from modelport.core.runtime import ModelHost, Runtime, Signature
 from modelport.core.signature import ServingSignature, resolve_signature
@@ -102,6 +104,8 @@ class InferenceObserver(Protocol):
 
     def recorder(self, model: str, version: str) -> VersionRecorder: ...
 
+    def limit_recorder(self, model: str) -> LimitRecorder: ...
+
     def model_state(self, model: str, version: str, state: str) -> None: ...
 
 
@@ -114,6 +118,8 @@ class ModelRecord:
     versions: dict[int, ModelVersion] = field(default_factory=dict)
     error: str = ""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    admission: Admission = field(default_factory=Admission)
+    """The model's rate_limit and max_in_flight, shared by its versions."""
 
 
 class ModelManager:
@@ -170,7 +176,10 @@ class ModelManager:
         """Bring what serves in line with the repository: load new and changed versions, retire
         versions the policy no longer selects. Returns the failures (empty when all is well)."""
         while True:
-            record = self._records.get(name) or self._records.setdefault(name, ModelRecord(name))
+            record = self._records.get(name)
+            if record is None:
+                admission = Admission(self._observer.limit_recorder(name))
+                record = self._records[name] = ModelRecord(name, admission=admission)
             async with record.lock:
                 if self._records.get(name) is not record:
                     continue  # removed while this sync waited for the lock: start afresh
@@ -220,6 +229,7 @@ class ModelManager:
         chosen = served_versions(config, list(definition.versions))
         record.error = "" if chosen else "no version directory matches the version policy"
         record.config = config
+        record.admission.configure(record.name, _rate_limit(config), config.max_in_flight)
 
         pending: list[ModelVersion] = []
         for number in chosen:
@@ -236,7 +246,12 @@ class ModelManager:
             if unchanged and current is not None and current.ready:
                 continue
             version = ModelVersion(
-                record.name, number, definition.versions[number], config, fingerprint
+                record.name,
+                number,
+                definition.versions[number],
+                config,
+                fingerprint,
+                admission=record.admission,
             )
             visible = current is None or not current.ready
             if visible:  # else the old load serves on, and owns the state gauge, until replaced
@@ -509,8 +524,21 @@ def served_versions(config: ModelConfig, available: list[int]) -> list[int]:
 
 
 def _serving(config: ModelConfig) -> ModelConfig:
-    """The part of a config that a loaded version depends on (not routing, not the policy)."""
-    return config.model_copy(update={"labels": {}, "traffic": {}, "version_policy": None})
+    """The part of a config that a loaded version depends on (not routing, not the policy, not
+    the model's limits: those apply to the versions serving already)."""
+    return config.model_copy(
+        update={
+            "labels": {},
+            "traffic": {},
+            "version_policy": None,
+            "rate_limit": None,
+            "max_in_flight": None,
+        }
+    )
+
+
+def _rate_limit(config: ModelConfig) -> RateLimit | None:
+    return None if config.rate_limit is None else config.rate_limit.limit()
 
 
 def _version_number(record: ModelRecord, version: str) -> int:

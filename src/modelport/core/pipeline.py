@@ -103,5 +103,13 @@ class Pipeline:
             response = await call(request)
         except ModelportError as exc:
             where = f"pipeline '{self.name}' step {number} ('{step.model}')"
-            raise type(exc)(f"{where}: {exc.message}") from exc
+            raise _restated(exc, f"{where}: {exc.message}") from exc
         return {step.outputs[name]: array for name, array in response.outputs.items()}
+
+
+def _restated(exc: ModelportError, message: str) -> ModelportError:
+    """The same error (kind and fields, e.g. a rate limit's retry_after) with another message."""
+    error = type(exc).__new__(type(exc), message)  # no __init__: subclasses take other arguments
+    error.__dict__.update(vars(exc))
+    error.message = message
+    return error

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
+from modelport.core.admission import Admission
 from modelport.core.batcher import DynamicBatcher
 from modelport.core.config import ModelConfig
 from modelport.core.errors import ConfigError
@@ -117,6 +118,8 @@ class ModelVersion:
     """The version directory's file listing (names, sizes, times) when it was read."""
     phase: Phase = field(default_factory=Loading)
     stats: VersionStats = field(default_factory=VersionStats)
+    admission: Admission = field(default_factory=Admission)
+    """The model's limits, the same object for every version of it (the manager's record's)."""
     in_flight: int = 0
     _idle: asyncio.Event | None = None
 
@@ -185,11 +188,21 @@ class ModelHandle:
     """A READY model version as frontends see it: what they need to decode and answer requests
     for it. Made once per load; only the data plane runs it (through `_version`, `_loaded`)."""
 
-    __slots__ = ("_loaded", "_version", "config", "guard", "name", "signature", "version")
+    __slots__ = (
+        "_admission",
+        "_loaded",
+        "_version",
+        "config",
+        "guard",
+        "name",
+        "signature",
+        "version",
+    )
 
     def __init__(self, version: ModelVersion, loaded: Loaded) -> None:
         self._version = version
         self._loaded = loaded
+        self._admission = version.admission
         self.name = version.name
         self.version = version.label
         """The version number as the protocols write it ("1")."""

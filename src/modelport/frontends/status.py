@@ -19,6 +19,7 @@ STATUS: dict[ErrorKind, WireStatus] = {
     ErrorKind.UNAUTHENTICATED: WireStatus(401, "UNAUTHENTICATED"),
     ErrorKind.FORBIDDEN: WireStatus(403, "PERMISSION_DENIED"),
     ErrorKind.TOO_LARGE: WireStatus(413, "RESOURCE_EXHAUSTED"),
+    ErrorKind.RATE_LIMITED: WireStatus(429, "RESOURCE_EXHAUSTED"),
     ErrorKind.UNAVAILABLE: WireStatus(503, "UNAVAILABLE"),
     ErrorKind.TIMEOUT: WireStatus(504, "DEADLINE_EXCEEDED"),
     ErrorKind.PRECONDITION: WireStatus(400, "FAILED_PRECONDITION"),

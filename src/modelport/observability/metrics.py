@@ -112,6 +112,12 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livesum",
         )
+        self.limited = Counter(
+            "modelport_inference_request_limited",
+            "Inference requests a model's rate_limit or max_in_flight refused (429), by limit.",
+            ("model", "limit"),
+            registry=self.registry,
+        )
         self.state = Gauge(
             "modelport_model_state",
             "1 for the state each model version is in, 0 for the others.",
@@ -122,6 +128,9 @@ class Metrics:
 
     def recorder(self, model: str, version: str) -> VersionMetrics:
         return VersionMetrics(self, model, version)
+
+    def limit_recorder(self, model: str) -> ModelLimitMetrics:
+        return ModelLimitMetrics(self, model)
 
     def model_state(self, model: str, version: str, state: str) -> None:
         for candidate in STATES:
@@ -160,3 +169,15 @@ class VersionMetrics:
 
     def failure(self, latency_s: float, reason: str) -> None:
         self._metrics.failure.labels(*self._labels, reason).inc()
+
+
+class ModelLimitMetrics:
+    """A model's refusals by limit (per model: the limits are the model's, not a version's)."""
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self._by_limit = {
+            limit: metrics.limited.labels(model, limit) for limit in ("rate_limit", "max_in_flight")
+        }
+
+    def refused(self, limit: str) -> None:
+        self._by_limit[limit].inc()

@@ -26,6 +26,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 from modelport.core.errors import ModelportError, public_error
 from modelport.frontends.compression import decode_body
+from modelport.frontends.grpc.access import CallPermit, GrpcGuard
 from modelport.frontends.grpc.http2.connection import Connection
 from modelport.frontends.grpc.http2.frames import STATUS_200, hpack_literal, hpack_status
 from modelport.frontends.grpc.http2.headers import Headers
@@ -134,8 +135,11 @@ class Dispatcher:
         methods: dict[bytes, Method],
         max_message_bytes: int,
         max_connection_bytes: int | None = None,
+        guard: GrpcGuard | None = None,
     ) -> None:
+        """`guard`: API keys, checked when a stream's headers arrive (None: no checks)."""
         self._methods = methods
+        self._guard = guard
         self.max_message_bytes = max_message_bytes
         self.max_connection_bytes = max_connection_bytes or max(2 * max_message_bytes, 64 << 20)
         """Unfinished request bytes one connection may hold (many streams, none finished)."""
@@ -151,6 +155,12 @@ class Dispatcher:
         path = fields.get(b":path", b"")
         method = self._methods.get(path)
         try:
+            guard = self._guard
+            permit = (
+                None
+                if guard is None
+                else guard.permit(path, fields.get(b"authorization"), connection.peer)
+            )
             if method is None:
                 name = path[:200].decode(errors="replace")
                 raise RpcError(Status.UNIMPLEMENTED, f"Method not found: {name}")
@@ -160,11 +170,11 @@ class Dispatcher:
                 raise RpcError(Status.UNIMPLEMENTED, f"grpc-encoding {shown!r} is not supported")
             timeout = fields.get(b"grpc-timeout")
             seconds = parse_timeout(timeout) if timeout is not None else None
-        except RpcError as exc:
-            block = status_block(exc.status, exc.message, headers=True) + _ACCEPT_ENCODING
+        except (RpcError, ModelportError) as exc:
+            block = status_block(*_status_of(exc), headers=True) + _ACCEPT_ENCODING
             connection.send_headers(stream_id, block, end_stream=True)
             return _Ignored()
-        return Call(self, connection, stream_id, method, encoding, seconds)
+        return Call(self, connection, stream_id, method, encoding, seconds, permit)
 
 
 def _is_grpc(content_type: bytes) -> bool:
@@ -190,7 +200,7 @@ class _Ignored:
 
 
 class Call:
-    """One RPC. Handlers receive it as their context (`time_remaining()`)."""
+    """One RPC. Handlers receive it as their context (`time_remaining()`, `admit(model)`)."""
 
     __slots__ = (
         "_buffer",
@@ -206,6 +216,7 @@ class Call:
         "_loop",
         "_messages",
         "_method",
+        "_permit",
         "_queued_bytes",
         "_stream_id",
         "_task",
@@ -221,8 +232,10 @@ class Call:
         method: Method,
         encoding: str,
         timeout: float | None,
+        permit: CallPermit | None = None,
     ) -> None:
         self._dispatcher = dispatcher
+        self._permit = permit
         self._connection = connection
         self._stream_id = stream_id
         self._method = method
@@ -247,6 +260,11 @@ class Call:
 
     def time_remaining(self) -> float | None:
         return None if self._deadline is None else max(0.0, self._deadline - self._loop.time())
+
+    def admit(self, model: str) -> None:
+        """A streamed request for `model`: raises if this call's API key may not send it."""
+        if self._permit is not None:
+            self._permit.admit(model)
 
     # -- StreamEvents ------------------------------------------------------------------------------
 
@@ -357,7 +375,11 @@ class Call:
                 request = method.request_type.FromString(payload)
             except DecodeError:
                 raise RpcError(Status.INTERNAL, "could not parse the request message") from None
-            reply = await method.handler(request, self)
+            permit = self._permit
+            if permit is None:
+                reply = await method.handler(request, self)
+            else:
+                reply = await permit.run(method.handler, request, self)
             body = frame_message(reply.SerializeToString())
         except Exception as exc:
             self._fail(*_status_of(exc))

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 
 from modelport.core.data_plane import DataPlane
+from modelport.frontends.grpc.access import GrpcGuard
 from modelport.frontends.grpc.generated import inference_pb2 as pb
 from modelport.frontends.grpc.http2.connection import Connection
 from modelport.frontends.grpc.http2.limits import Http2Limits
 from modelport.frontends.grpc.rpc import Dispatcher, service_methods
 from modelport.frontends.grpc.servicer import InferenceServicer
+from modelport.security.access import AccessControl
 
 log = logging.getLogger("modelport.grpc")
 
@@ -27,34 +30,52 @@ class GrpcServer:
         *,
         max_message_bytes: int,
         sock: socket.socket | None = None,
+        access: AccessControl | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
-        """`sock`: an already listening socket (shared by several workers) instead of binding."""
+        """`sock`: an already listening socket (shared by several workers) instead of binding;
+        `access`: API keys, checked on each call (None: no checks); `tls`: serve TLS with this
+        context (which offers ALPN h2)."""
         methods = service_methods(InferenceServicer(plane), SERVICE)
-        self._dispatcher = Dispatcher(methods, max_message_bytes)
+        guard = None if access is None else GrpcGuard(access, SERVICE)
+        self._dispatcher = Dispatcher(methods, max_message_bytes, guard=guard)
         self._limits = Http2Limits()
         self._host = host
         self._port = port
         self._sock = sock
+        self._tls = tls
         self._listener: asyncio.Server | None = None
         self._connections: set[Connection] = set()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        # a client gets as long to finish its TLS handshake as to send the HTTP/2 preface
+        handshake = self._limits.preface_timeout if self._tls is not None else None
         if self._sock is not None:
-            self._listener = await loop.create_server(self._connect, sock=self._sock)
+            self._listener = await loop.create_server(
+                self._connect, sock=self._sock, ssl=self._tls, ssl_handshake_timeout=handshake
+            )
             return
         try:
             self._listener = await loop.create_server(
-                self._connect, self._host, self._port, reuse_address=True
+                self._connect,
+                self._host,
+                self._port,
+                reuse_address=True,
+                ssl=self._tls,
+                ssl_handshake_timeout=handshake,
             )
         except OSError as exc:
             where = f"{self._host}:{self._port}"
             raise OSError(f"could not bind the gRPC port {where}: {exc}") from None
 
     def _connect(self) -> Connection:
-        connection = Connection(self._dispatcher, self._limits, self._connections.discard)
-        self._connections.add(connection)
-        return connection
+        # counted from connection_made on: over TLS a failed handshake never gets that far
+        # and would otherwise stay in the set for good
+        connections = self._connections
+        return Connection(
+            self._dispatcher, self._limits, connections.discard, on_opened=connections.add
+        )
 
     async def stop(self, grace: float) -> None:
         """Stop listening, let open calls finish for up to `grace` seconds, then cut the rest."""

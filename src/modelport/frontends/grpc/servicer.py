@@ -24,6 +24,9 @@ the stream pauses beyond this, so a client that never reads cannot make the serv
 class CallContext(Protocol):
     def time_remaining(self) -> float | None: ...
 
+    def admit(self, model: str) -> None:
+        """Raises if the call's API key may not send a streamed request for `model`."""
+
 
 class InferenceServicer:
     """Errors are raised as ModelportError; frontends/grpc/rpc.py turns them into status codes.
@@ -120,6 +123,7 @@ class InferenceServicer:
 
         async def run_one(request: pb.ModelInferRequest) -> None:
             try:
+                context.admit(request.model_name)
                 reply = pb.ModelStreamInferResponse(infer_response=await self._infer(request))
             except Exception as exc:
                 if not isinstance(exc, ModelportError):

@@ -17,9 +17,12 @@ MAX_IN_FLIGHT = 64
 MAX_ATTEMPTS = 5
 VISIBILITY_TIMEOUT_S = 30.0
 
-TRANSIENT = frozenset({ErrorKind.UNAVAILABLE, ErrorKind.TIMEOUT, ErrorKind.INTERNAL})
-"""Failures worth another attempt (model loading, queue full, timeout, an internal error); every
-other kind is the client's (the REST 4xx answers) and is answered at once."""
+TRANSIENT = frozenset(
+    {ErrorKind.UNAVAILABLE, ErrorKind.TIMEOUT, ErrorKind.INTERNAL, ErrorKind.RATE_LIMITED}
+)
+"""Failures worth another attempt (model loading, queue full, timeout, an internal error, a
+model's rate_limit or max_in_flight); every other kind is the client's (the REST 4xx answers)
+and is answered at once."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ import time
 from typing import Protocol
 
 from modelport.core.data_plane import DataPlane
-from modelport.core.errors import InvalidInput, ModelportError, public_error
+from modelport.core.errors import InvalidInput, ModelportError, RateLimited, public_error
 from modelport.core.types import InferResponse
 from modelport.core.validate import InputGuard, ValidatedRequest
 from modelport.frontends.queue.contract import TRANSIENT, QueueRequest, Reply
@@ -61,16 +61,18 @@ class QueueProcessor:
         self._observer = observer
         self._off_loop = off_loop
 
-    def retry_delay(self, attempts: int) -> float:
-        """Seconds before attempt number attempts + 1 (attempts made so far: 1 or more). Kept
-        under half the visibility timeout, so a request waiting out its delay is not handed to
-        another consumer meanwhile."""
+    def retry_delay(self, attempts: int, at_least: float = 0.0) -> float:
+        """Seconds before attempt number attempts + 1 (attempts made so far: 1 or more), and at
+        least `at_least` (a rate limit's retry_after). Kept under half the visibility timeout, so
+        a request waiting out its delay is not handed to another consumer meanwhile."""
         cap = min(MAX_RETRY_DELAY_S, self._endpoint.visibility_timeout / 2)
-        return float(min(self._endpoint.retry_delay * 2 ** (attempts - 1), cap))
+        backoff = self._endpoint.retry_delay * 2 ** (attempts - 1)
+        return float(min(max(backoff, at_least), cap))
 
-    async def process(self, delivery: Delivery) -> bool:
-        """Answer and settle one delivery. Returns True when it was handed back for another
-        attempt (settled later by `delivery.retry`, which the caller runs)."""
+    async def process(self, delivery: Delivery) -> float | None:
+        """Answer and settle one delivery. Returns the delay before the next attempt when it
+        was handed back for one (settled later by `delivery.retry`, which the caller runs),
+        else None."""
         started = time.perf_counter()
         self._observer.received()
         request = delivery.request
@@ -82,7 +84,7 @@ class QueueProcessor:
                 delivery.reply_to, reply, started
             ):
                 await self._dead_letter(delivery, attempt, problem)
-            return False
+            return None
         reply_to = request.reply_to or self._endpoint.replies
         model = request.model or self._endpoint.model or ""
         version = request.version or self._endpoint.version or ""
@@ -92,7 +94,7 @@ class QueueProcessor:
             problem = f"the request was delivered {delivery.attempts} times without an answer"
             reply = Reply.error(request.id, model, version, 500, problem)
             await self._settle_dead(delivery, reply_to, reply, attempt, problem, started)
-            return False
+            return None
         try:
             reply = await self._answer(request)
         except Exception as exc:
@@ -103,12 +105,13 @@ class QueueProcessor:
             if error.kind in TRANSIENT:
                 if attempt < self._endpoint.max_attempts:
                     self._observer.retried()
-                    return True
+                    wait = exc.retry_after if isinstance(exc, RateLimited) else 0.0
+                    return self.retry_delay(attempt, wait)
                 await self._settle_dead(delivery, reply_to, reply, attempt, error.message, started)
-                return False
+                return None
         if not await self._answered(delivery, reply_to, reply, started):
             await self._dead_letter(delivery, attempt, f"the reply to {reply_to} was refused")
-        return False
+        return None
 
     async def _answered(
         self, delivery: Delivery, reply_to: str, reply: Reply, started: float

@@ -14,12 +14,14 @@ from starlette.types import ASGIApp
 
 from modelport.core.data_plane import DataPlane
 from modelport.core.errors import ModelportError
-from modelport.frontends.rest.errors import error_answer
+from modelport.frontends.rest.access_guard import AccessGuard
+from modelport.frontends.rest.errors import error_answer, error_headers
 from modelport.frontends.rest.infer_route import InferFastPath
 from modelport.frontends.rest.off_loop import OffLoop
 from modelport.frontends.rest.tfserving import TFServingEndpoints
 from modelport.frontends.rest.v2 import JSON, V2Endpoints, error_response
 from modelport.observability.metrics import Metrics
+from modelport.security.access import AccessControl
 
 Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
 
@@ -30,7 +32,9 @@ def create_app(
     *,
     max_request_bytes: int,
     lifespan: Lifespan | None = None,
+    access: AccessControl | None = None,
 ) -> ASGIApp:
+    """`access`: API keys, checked by AccessGuard before anything else (None: no guard)."""
     off_loop = OffLoop()
     v2 = V2Endpoints(plane)
     tfserving = TFServingEndpoints(plane, max_request_bytes, off_loop)
@@ -52,7 +56,8 @@ def create_app(
             Exception: _error,
         },
     )
-    return InferFastPath(app, plane, max_request_bytes, off_loop)
+    fast = InferFastPath(app, plane, max_request_bytes, off_loop)
+    return fast if access is None else AccessGuard(fast, access)
 
 
 @asynccontextmanager
@@ -63,7 +68,9 @@ async def _no_lifespan(app: Starlette) -> AsyncIterator[None]:
 async def _error(request: Request, exc: Exception) -> Response:
     """ModelportError and unexpected exceptions alike (the infer fast path answers the same way)."""
     status, body = error_answer(exc, request.method, request.url.path)
-    return Response(body, status_code=status, media_type=JSON)
+    response = Response(body, status_code=status, media_type=JSON)
+    response.raw_headers.extend(error_headers(exc))
+    return response
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -14,7 +14,7 @@ from modelport.core.data_plane import DataPlane
 from modelport.core.errors import InvalidInput, PayloadTooLarge
 from modelport.core.validate import InputGuard, ValidatedRequest
 from modelport.frontends.compression import choose_encoding, decode_body, encode_body
-from modelport.frontends.rest.errors import error_answer, error_json
+from modelport.frontends.rest.errors import error_answer, error_headers, error_json
 from modelport.frontends.rest.off_loop import OFF_LOOP_BYTES, OffLoop
 from modelport.frontends.rest.v2_codec import (
     OutputFormat,
@@ -39,7 +39,7 @@ def infer_target(path: str) -> tuple[str, str | None] | None:
         model, version = parts[3], parts[5]
     else:
         return None
-    if parts[1] != "v2" or parts[2] != "models" or not model:
+    if parts[0] or parts[1] != "v2" or parts[2] != "models" or not model:
         return None
     return model, version
 
@@ -73,7 +73,8 @@ class InferFastPath:
         except ClientDisconnect:
             return
         except Exception as exc:
-            (status, payload), headers = error_answer(exc, "POST", scope["path"]), _JSON
+            status, payload = error_answer(exc, "POST", scope["path"])
+            headers = [*_JSON, *error_headers(exc)]
         await _send(send, status, headers, payload)
 
     async def _answer(

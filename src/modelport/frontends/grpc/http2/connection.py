@@ -39,11 +39,16 @@ class Connection(asyncio.Protocol):
         opener: StreamOpener,
         limits: Http2Limits,
         on_closed: Callable[[Connection], None] | None = None,
+        on_opened: Callable[[Connection], None] | None = None,
     ) -> None:
+        """`on_opened` runs when the connection is made: over TLS, once the handshake has
+        succeeded (a failed handshake makes no connection and calls neither callback)."""
         self._opener = opener
         self._limits = limits
         self._on_closed = on_closed
+        self._on_opened = on_opened
         self._transport: asyncio.Transport | None = None
+        self._peer: str | None = None
         self._buffer = bytearray()
         self._needed = len(f.PREFACE)  # bytes the buffer must hold before parsing can progress
         self._preface_seen = False
@@ -72,6 +77,18 @@ class Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         loop = asyncio.get_running_loop()
         self._preface_timer = loop.call_later(self._limits.preface_timeout, self._preface_expired)
+        if self._on_opened is not None:
+            self._on_opened(self)
+
+    @property
+    def peer(self) -> str:
+        """The client's address, for the audit log (looked up once, when first asked)."""
+        if self._peer is None:
+            if self._transport is None:
+                return "unknown"
+            info = self._transport.get_extra_info("peername")
+            self._peer = str(info[0]) if isinstance(info, tuple) and info else "unknown"
+        return self._peer
 
     def data_received(self, data: bytes) -> None:
         if self._closing:

@@ -9,9 +9,9 @@ import hpack
 from modelport.frontends.grpc.http2.frames import ConnectionFailure, ErrorCode
 
 Headers = list[tuple[bytes, bytes]]
-# Header blocks made only of one-byte indexed fields (0x81-0xFE) change no HPACK state, so the
-# same bytes decode to the same headers until the dynamic table changes: worth caching.
-_INDEXED_ONLY = bytes(range(0x81, 0xFF))
+# A block that leaves the dynamic table as it was (indexed fields, literals not indexed or
+# never indexed, as clients send `authorization`) decodes to the same headers every time until
+# the table changes: worth caching. A block that changes the table clears the cache.
 _CACHE_SIZE = 256
 
 
@@ -33,14 +33,24 @@ class HeaderDecoder:
         cached = self._cache.get(block)
         if cached is not None:
             return cached
+        table = self._decoder.header_table
+        entries = table.dynamic_entries
+        size, count, newest = table.maxsize, len(entries), entries[0] if entries else None
         try:
             # hpack annotates the str and the raw (bytes) modes alike as an Iterable of
             # HeaderTuple; what it returns is a list of those (tuple subclasses) of bytes.
             headers = cast(Headers, self._decoder.decode(block, raw=True))
         except hpack.HPACKError as exc:
             raise ConnectionFailure(ErrorCode.COMPRESSION_ERROR, f"bad headers: {exc}") from None
-        if block.translate(None, _INDEXED_ONLY):
-            self._cache.clear()  # a literal may have changed the dynamic table
+        # an entry added goes to the front (even when others are evicted); a size update
+        # changes maxsize
+        unchanged = (
+            table.maxsize == size
+            and len(entries) == count
+            and (entries[0] if entries else None) is newest
+        )
+        if not unchanged:
+            self._cache.clear()
         else:
             if len(self._cache) >= _CACHE_SIZE:
                 self._cache.clear()
