@@ -7,7 +7,6 @@ cannot be shown again. A running server reads the file again within about a seco
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import click
@@ -15,11 +14,11 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from modelport.core.config import RateLimitConfig
 from modelport.security.keys import (
     SCOPE_NAMES,
     KeyEntry,
     KeyFileError,
-    RateLimitEntry,
     generate_key,
     key_digest,
     read_key_file,
@@ -139,10 +138,12 @@ def revoke(name: str, key_file: Path) -> None:
     click.echo(f"revoked the key {name!r} in {key_file}")
 
 
-def _rate_limit(rate: float | None, burst: int | None) -> RateLimitEntry | None:
+def _rate_limit(rate: float | None, burst: int | None) -> RateLimitConfig | None:
+    """The entry stores its burst, defaulted as config.yaml defaults it."""
     if rate is None:
         return None
-    return RateLimitEntry(requests_per_second=rate, burst=burst or max(1, math.ceil(rate)))
+    given = RateLimitConfig(requests_per_second=rate, burst=burst)
+    return RateLimitConfig(requests_per_second=rate, burst=given.limit().burst)
 
 
 def _row(entry: KeyEntry) -> dict[str, object]:

@@ -29,6 +29,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from modelport.core.config import RateLimitConfig
+
 KEY_PREFIX = "mp_"
 ENV_KEY_NAME = "MODELPORT_API_KEY"
 """The name the key from the MODELPORT_API_KEY variable has in logs and metrics."""
@@ -45,13 +47,6 @@ class KeyFileError(Exception):
     """A key file that cannot be read or is not valid; the message names the file and entry."""
 
 
-class RateLimitEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    requests_per_second: float = Field(gt=0)
-    burst: int = Field(ge=1)
-
-
 class KeyEntry(BaseModel):
     """One key of the file."""
 
@@ -62,7 +57,8 @@ class KeyEntry(BaseModel):
     scopes: tuple[ScopeName, ...] = Field(min_length=1)
     models: tuple[str, ...] | None = None
     """fnmatch patterns of the model names the key may use; None: every model."""
-    rate_limit: RateLimitEntry | None = None
+    rate_limit: RateLimitConfig | None = None
+    """The same shape as a model's config.yaml `rate_limit`."""
 
     @field_validator("name")
     @classmethod

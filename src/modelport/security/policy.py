@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 
 from modelport.core.errors import Forbidden, RateLimited, Unauthenticated
-from modelport.core.limits import RateLimit, TokenBucket
+from modelport.core.limits import TokenBucket
 from modelport.security.keys import ENV_KEY_NAME, KeyEntry, key_digest
 
 MODEL_CACHE_SIZE = 1024
@@ -182,7 +182,7 @@ def build_policy(
     for entry in entries:
         bucket = None
         if entry.rate_limit is not None:
-            limit = RateLimit(entry.rate_limit.requests_per_second, entry.rate_limit.burst)
+            limit = entry.rate_limit.limit()
             kept = buckets.get(entry.name)
             bucket = kept if kept is not None and kept.limit == limit else TokenBucket(limit)
         scopes = (Scope(name) for name in entry.scopes)
