@@ -7,7 +7,7 @@ GRPC_PORT ?= 8001
 HOST ?= 127.0.0.1
 SERVE_ARGS ?=
 
-.PHONY: serve test lint format examples proto bench bench-peers bench-workers bench-ceiling bench-ab bench-queues bench-security bench-memory bench-runtimes bench-optimize clean
+.PHONY: serve test lint format examples proto bench bench-peers bench-workers bench-ceiling bench-ab bench-queues bench-security bench-memory bench-runtimes bench-optimize bench-ray clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "modelport needs Python 3.11+"'
@@ -84,6 +84,12 @@ bench-security: $(VENV)/.installed-dev
 bench-queues: $(VENV)/.installed-dev
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	$(BIN)/python benchmarks/queues.py --tag $${TAG:-run} --rounds $${ROUNDS:-3} --dur $${DURATION:-10}
+
+# modelport on Ray Serve (Ray's proxy and its HAProxy ingress) next to the shared bench's plain Ray
+# Serve deployment and modelport alone, mlp at c=32 with wrk, in alternating rounds
+bench-ray: $(VENV)/.installed-dev
+	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+	$(BIN)/python benchmarks/ray_serve.py --tag $${TAG:-run} --rounds $${ROUNDS:-3} --dur $${DURATION:-10}
 
 # memory and start-up with both bench models in one server, next to MLServer (setup.sh mlserver)
 bench-memory: $(VENV)/.installed-dev

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import socket
@@ -16,20 +17,26 @@ from starlette.types import ASGIApp
 
 from modelport.core.data_plane import DataPlane
 from modelport.core.manager import ModelManager
+from modelport.core.tracing import Tracer
 from modelport.core.validate import Limits
 from modelport.frontends.grpc.server import GrpcServer
 from modelport.frontends.queue.service import QueueService
 from modelport.frontends.rest import create_app
 from modelport.frontends.rest.off_loop import OffLoop
 from modelport.observability.access_metrics import AccessMetrics
+from modelport.observability.alert_metrics import AlertMetrics
 from modelport.observability.metrics import Metrics
 from modelport.observability.queue_metrics import (
     QueueMetricFamilies,
     QueueMetrics,
     queue_metrics,
 )
+from modelport.observability.window import WindowStore
+from modelport.operations.alerting import AlertService
+from modelport.operations.webhooks import WebhookSender
 from modelport.repository import LocalRepository
 from modelport.repository.poller import RepositoryPoller
+from modelport.repository.publish import shift_traffic
 from modelport.runtimes import RuntimeRegistry
 from modelport.security.access import AccessControl
 from modelport.security.tls import ServerTls
@@ -68,7 +75,8 @@ def build(settings: ServerSettings, grpc_socket: socket.socket | None = None) ->
     one_of_several = settings.workers > 1  # serving.py runs this in each of N worker processes
     tls_files = settings.tls_files()
     tls = ServerTls(tls_files) if tls_files is not None else None  # TlsError names a bad file
-    metrics = Metrics(multiprocess=one_of_several)
+    window = WindowStore()
+    metrics = Metrics(multiprocess=one_of_several, window=window)
     access = AccessControl.from_sources(
         settings.api_keys,
         settings.env_api_key(),
@@ -83,7 +91,10 @@ def build(settings: ServerSettings, grpc_socket: socket.socket | None = None) ->
         strict_readiness=settings.strict_readiness,
         model_control=settings.model_control_mode,
         startup_models=settings.startup_models(),
+        tracer=_tracer(settings),
     )
+    alerting = _alert_service(settings, manager, window, AlertMetrics(metrics.registry))
+    plane.add_index_notes(alerting.index_notes)
     poller = (
         RepositoryPoller(repository, manager, settings.repository_poll_secs)
         if settings.model_control_mode == "poll"
@@ -128,9 +139,11 @@ def build(settings: ServerSettings, grpc_socket: socket.socket | None = None) ->
         loading.add_done_callback(_report_loaded)
         log.info("%s", access.summary())
         following_keys = asyncio.create_task(access.watch(), name="modelport-keys")
+        alerting.start()
         try:
             yield
         finally:
+            await alerting.stop()
             following_keys.cancel()
             loading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -140,6 +153,8 @@ def build(settings: ServerSettings, grpc_socket: socket.socket | None = None) ->
             await queues.stop()  # finishes and acknowledges the queue requests in flight
             await grpc_server.stop(grace=5)
             await plane.close()
+            if plane.tracer is not None:  # sends the spans still buffered
+                await asyncio.to_thread(plane.tracer.close)
 
     http = create_app(
         plane,
@@ -147,8 +162,39 @@ def build(settings: ServerSettings, grpc_socket: socket.socket | None = None) ->
         max_request_bytes=settings.max_request_bytes,
         lifespan=lifespan,
         access=access,
+        alerts=alerting,
     )
     return Application(settings, plane, metrics, http, queues, tls=tls)
+
+
+def _alert_service(
+    settings: ServerSettings, manager: ModelManager, window: WindowStore, observer: AlertMetrics
+) -> AlertService:
+    """The SLO loop: alerts, their webhooks, and canary rollbacks written to config.yaml."""
+    webhooks = (
+        WebhookSender(settings.alert_webhook, observer, external_url=settings.external_url())
+        if settings.alert_webhook
+        else None
+    )
+    return AlertService(
+        manager,
+        window,
+        observer,
+        write_traffic=functools.partial(shift_traffic, settings.repository),
+        notifier=webhooks,
+        interval=settings.slo_interval,
+    )
+
+
+def _tracer(settings: ServerSettings) -> Tracer | None:
+    """OpenTelemetry tracing, when a sample ratio is set; only then is it imported at all."""
+    if settings.trace_sample_ratio <= 0:
+        if settings.otlp_endpoint is not None:
+            log.warning("--otlp-endpoint is set but --trace-sample-ratio is 0: nothing is traced")
+        return None
+    from modelport.observability.tracing import otlp_tracer
+
+    return otlp_tracer(settings.trace_sample_ratio, settings.otlp_endpoint)
 
 
 def _present(families: QueueMetricFamilies | None) -> QueueMetricFamilies:

@@ -216,7 +216,12 @@ def _worker_main(
 ) -> None:
     from modelport.observability.logging import configure
 
-    configure(settings.log_level, with_pid=True)
+    configure(
+        settings.log_level,
+        with_pid=True,
+        log_format=settings.log_format,
+        access_log=settings.access_log,
+    )
     threading.Thread(target=_stop_with_supervisor, args=(supervisor,), daemon=True).start()
     run_server(settings, http, grpc)
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import socket
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -27,6 +30,14 @@ class ServerSettings(BaseSettings):
     max_tensor_elements: int = Field(default=1 << 26, ge=1)
     strict_readiness: bool = False
     log_level: str = "info"
+    log_format: Literal["text", "json"] = "text"
+    """json: one JSON object per log line (observability/logging.py)."""
+    access_log: bool = True
+    """One line per request on the `modelport.access` logger."""
+    trace_sample_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Share of requests traced with OpenTelemetry (0: tracing off, not even imported)."""
+    otlp_endpoint: str | None = None
+    """Where traces go (OTLP over HTTP/protobuf); None: the exporter's default."""
     model_control_mode: Literal["none", "poll", "explicit"] = "none"
     repository_poll_secs: float = Field(default=5.0, gt=0, le=3600)
     load_model: tuple[str, ...] = ()
@@ -48,6 +59,11 @@ class ServerSettings(BaseSettings):
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     """PEM CA certificates: clients must then present a certificate signed by one (mTLS)."""
+    alert_webhook: Annotated[tuple[str, ...], NoDecode] = ()
+    """URLs that get SLO alerts in Alertmanager's webhook format (--alert-webhook, repeatable;
+    MODELPORT_ALERT_WEBHOOK is comma-separated)."""
+    slo_interval: float = Field(default=5.0, gt=0, le=300)
+    """Seconds between evaluations of the models' SLOs (--slo-interval)."""
 
     @field_validator("queue", mode="before")
     @classmethod
@@ -65,6 +81,28 @@ class ServerSettings(BaseSettings):
 
     def queue_endpoints(self) -> tuple[QueueEndpoint, ...]:
         return parse_endpoints(self.queue)
+
+    @field_validator("alert_webhook", mode="before")
+    @classmethod
+    def _split_webhooks(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(url.strip() for url in value.split(",") if url.strip())
+        return value
+
+    @field_validator("alert_webhook")
+    @classmethod
+    def _webhooks_usable(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
+        for url in urls:  # not echoed: a webhook URL may hold a token
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("--alert-webhook takes an http:// or https:// URL with a host")
+        return urls
+
+    def external_url(self) -> str:
+        """This server's base URL, as alert notifications link back to it."""
+        scheme = "https" if self.tls_cert is not None else "http"
+        host = socket.gethostname() if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"{scheme}://{f'[{host}]' if ':' in host else host}:{self.http_port}"
 
     @model_validator(mode="after")
     def _one_process_for_explicit_control(self) -> ServerSettings:
@@ -111,6 +149,24 @@ class ServerSettings(BaseSettings):
                 raise ValueError(str(exc)) from None
         return path
 
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"--otlp-endpoint needs an http:// or https:// URL, not {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _tracing_installed(self) -> ServerSettings:
+        if (self.trace_sample_ratio > 0 or self.otlp_endpoint) and not _tracing_available():
+            raise ValueError(
+                "tracing (--trace-sample-ratio, --otlp-endpoint) needs OpenTelemetry, which is "
+                "not installed: pip install 'modelport[tracing]'"
+            )
+        return self
+
     @model_validator(mode="after")
     def _keys_unless_loopback(self) -> ServerSettings:
         if not self.keys_configured and not self.allow_unauthenticated:
@@ -125,3 +181,14 @@ class ServerSettings(BaseSettings):
 
     def env_api_key(self) -> str | None:
         return None if self.api_key is None else self.api_key.get_secret_value() or None
+
+
+def _tracing_available() -> bool:
+    """The `tracing` extra: OpenTelemetry's SDK and its OTLP/HTTP exporter."""
+    try:
+        return all(
+            importlib.util.find_spec(name) is not None
+            for name in ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http")
+        )
+    except ModuleNotFoundError:  # a parent package is missing
+        return False

@@ -1,11 +1,13 @@
 """A model's limits on a real server: `rate_limit` answers 429 + Retry-After over REST (v2 and
 TF Serving) and RESOURCE_EXHAUSTED over gRPC (unary, and per message in a stream that stays
-open) once its burst is spent, while another model answers the same load; `max_in_flight`
-refuses what is past the cap and lets the rest finish; a request's slot is freed when its
-client goes away; the refusals are counted in /metrics."""
+open) once its burst is spent, while another model answers the same load; gRPC refusals carry
+the `grpc-retry-pushback-ms` trailer (gRFC A6), which a grpcio retry policy honours;
+`max_in_flight` refuses what is past the cap and lets the rest finish; a request's slot is
+freed when its client goes away; the refusals are counted in /metrics."""
 
 from __future__ import annotations
 
+import json
 import queue
 import re
 import socket
@@ -13,10 +15,12 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from modelport.examples import onnx_models
@@ -27,6 +31,24 @@ pytestmark = pytest.mark.e2e
 BURST = 3
 RATE_LIMITED = f"rate_limit: {{requests_per_second: 0.001, burst: {BURST}}}\n"
 """Three requests, then the next token in 1,000 s: nothing refills during a test."""
+RETRY_LIMITED = "rate_limit: {requests_per_second: 0.5, burst: 1}\n"
+"""One request, then a token every 2 s: a retry after the pushback finds it."""
+RETRY_ON_RESOURCE_EXHAUSTED = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": "inference.GRPCInferenceService"}],
+                "retryPolicy": {
+                    "maxAttempts": 2,
+                    "initialBackoff": "0.01s",  # without a pushback: retried at once, refused
+                    "maxBackoff": "0.01s",
+                    "backoffMultiplier": 1,
+                    "retryableStatusCodes": ["RESOURCE_EXHAUSTED"],
+                },
+            }
+        ]
+    }
+)
 HELD_MODEL = '''
 import time
 from pathlib import Path
@@ -56,8 +78,9 @@ V2_BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data":
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("limits-repo")
     add_model(root, "open", onnx_models.offset(1.0))
-    for name in ("limited_v2", "limited_tf", "limited_grpc", "limited_stream"):
+    for name in ("limited_v2", "limited_tf", "limited_grpc", "limited_stream", "limited_a6"):
         add_model(root, name, onnx_models.offset(1.0), config=RATE_LIMITED)
+    add_model(root, "limited_retry", onnx_models.offset(1.0), config=RETRY_LIMITED)
     add_model(root, "gate", onnx_models.offset(1.0), config="max_in_flight: 1\n")
     add_model(root, "bad_limits", onnx_models.offset(1.0), config="max_in_flight: 0\n")
     held = root / "held" / "1"
@@ -90,6 +113,28 @@ def grpc_inputs() -> list[triton.InferInput]:
     tensor = triton.InferInput("x", [1, 4], "FP32")
     tensor.set_data_from_numpy(np.arange(4, dtype=np.float32).reshape(1, 4))
     return [tensor]
+
+
+def raw_request(model: str) -> service_pb2.ModelInferRequest:
+    tensor = service_pb2.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 4])
+    data = np.arange(4, dtype=np.float32).tobytes()
+    return service_pb2.ModelInferRequest(
+        model_name=model, inputs=[tensor], raw_input_contents=[data]
+    )
+
+
+def raw_refusal(channel: grpc.Channel, model: str) -> grpc.RpcError:
+    """The error of a ModelInfer call that must fail, made with grpcio itself."""
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.ModelInfer(raw_request(model), timeout=30)
+    return refused.value
+
+
+def pushback_ms(error: grpc.RpcError) -> int | None:
+    trailers = dict(error.trailing_metadata() or ())
+    value = trailers.get("grpc-retry-pushback-ms")
+    return None if value is None else int(value)
 
 
 def limited_count(server: Server, model: str, limit: str) -> float:
@@ -144,6 +189,34 @@ def test_grpc_answers_resource_exhausted_past_the_burst(
         grpc_client.infer("open", grpc_inputs())
 
 
+def test_grpc_rate_limit_refusals_carry_the_retry_pushback_trailer(limits_server: Server) -> None:
+    """gRFC A6: `grpc-retry-pushback-ms` says, in milliseconds, when to retry, as REST's
+    Retry-After does in seconds; other errors carry none."""
+    with grpc.insecure_channel(limits_server.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for _ in range(BURST):
+            stub.ModelInfer(raw_request("limited_a6"), timeout=30)
+        refused = raw_refusal(channel, "limited_a6")
+        missing = raw_refusal(channel, "no_such_model")
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    wait = pushback_ms(refused)
+    assert wait is not None and 990_000 <= wait <= 1_000_000  # the next token, in 1,000 s
+    assert missing.code() == grpc.StatusCode.NOT_FOUND
+    assert pushback_ms(missing) is None
+
+
+def test_a_grpcio_retry_policy_waits_the_pushback_and_then_succeeds(limits_server: Server) -> None:
+    """The client's own backoff (10 ms) would retry before the next token and be refused
+    again; waiting the pushback (up to 2 s) it finds the token: one refusal, then the answer."""
+    options = [("grpc.enable_retries", 1), ("grpc.service_config", RETRY_ON_RESOURCE_EXHAUSTED)]
+    with grpc.insecure_channel(limits_server.grpc_url, options=options) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        stub.ModelInfer(raw_request("limited_retry"), timeout=30)  # the burst
+        reply = stub.ModelInfer(raw_request("limited_retry"), timeout=30)  # refused, retried
+    assert reply.model_name == "limited_retry"
+    assert limited_count(limits_server, "limited_retry", "rate_limit") == 1
+
+
 def test_a_stream_answers_refusals_per_message_and_stays_open(
     grpc_client: triton.InferenceServerClient,
 ) -> None:
@@ -176,6 +249,8 @@ def test_max_in_flight_refuses_past_the_cap_and_the_rest_succeed(
             refused = [v2_infer(limits_server, "held") for _ in range(2)]
             with pytest.raises(InferenceServerException) as grpc_refused:
                 grpc_client.infer("held", grpc_inputs())
+            with grpc.insecure_channel(limits_server.grpc_url) as channel:
+                raw_refused = raw_refusal(channel, "held")
             assert v2_infer(limits_server, "open").status_code == 200  # other models: no cap
             hold.unlink()
             finished = [future.result(timeout=30) for future in running]
@@ -187,9 +262,10 @@ def test_max_in_flight_refuses_past_the_cap_and_the_rest_succeed(
             "model 'held' has 2 requests in flight, its max_in_flight; retry in 1 s"
         )
     assert grpc_refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    assert pushback_ms(raw_refused) == 1000  # a slot frees when any request ends: 1 s, as REST
     assert [answer.status_code for answer in finished] == [200, 200]
     assert finished[0].json()["outputs"][0]["data"] == [2.0, 3.0, 4.0, 5.0]
-    assert limited_count(limits_server, "held", "max_in_flight") == 3
+    assert limited_count(limits_server, "held", "max_in_flight") == 4
     assert v2_infer(limits_server, "held").status_code == 200  # the slots came back
 
 

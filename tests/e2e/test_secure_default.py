@@ -1,5 +1,6 @@
-"""Secure by default: no open server on a reachable address; MODELPORT_API_KEY alone; protected
-health; the operator CLI sending the key; a bad key file stopping the start."""
+"""Secure by default: no open server on a reachable address (from --host or MODELPORT_HOST);
+MODELPORT_API_KEY alone; protected health; the operator CLI sending the key; a bad key file
+stopping the start, and a key file that turns bad while serving refusing every key."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import tritonclient.grpc as triton_grpc
 from tritonclient.utils import InferenceServerException
 
 from modelport.examples import onnx_models
-from modelport.security.keys import generate_key
+from modelport.security.keys import KeyEntry, generate_key, key_digest, write_key_file
 from tests.support import MODELPORT, Server, add_model, free_port, run_cli, spawn_server, wait_until
 
 
@@ -65,6 +66,25 @@ def test_a_reachable_address_without_keys_refuses_to_start(tmp_path: Path) -> No
     assert result.returncode == 2 and "refusing to serve on ::" in result.stderr
 
 
+def test_modelport_host_from_the_environment_without_keys_refuses_to_start(
+    tmp_path: Path,
+) -> None:
+    """No --host flag: the address comes from MODELPORT_HOST and is checked all the same."""
+    env = {"PATH": "/usr/bin:/bin", "NO_COLOR": "1", "HOME": str(tmp_path)}
+    result = subprocess.run(
+        [str(MODELPORT), *serve_args()],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**env, "MODELPORT_HOST": "0.0.0.0"},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "refusing to serve on 0.0.0.0 without API keys" in result.stderr
+    assert "--api-keys" in result.stderr and "--allow-unauthenticated" in result.stderr
+
+
 def test_allow_unauthenticated_starts_it_open(small_repo: Path, tmp_path: Path) -> None:
     log = tmp_path / "open.log"
     with serving(small_repo, log, "--host", "0.0.0.0", "--allow-unauthenticated") as server:
@@ -106,6 +126,62 @@ def test_the_environment_key_alone_with_protected_health(small_repo: Path, tmp_p
     assert "API keys: 1; health needs a key" in text
     assert "management" not in text or "by key 'MODELPORT_API_KEY'" in text
     assert key not in text
+
+
+def test_a_key_file_that_turns_invalid_while_serving_refuses_every_key(
+    small_repo: Path, tmp_path: Path
+) -> None:
+    """Fail closed: a broken edit must not leave in force a key it meant to revoke. Every key,
+    the MODELPORT_API_KEY one too, is refused (401 / UNAUTHENTICATED) until the file is valid
+    again; the log names the file and the problem, never a key."""
+    filed, env_key = generate_key(), generate_key()
+    key_file = tmp_path / "keys.yaml"
+    entries = [KeyEntry(name="ci", sha256=key_digest(filed), scopes=("inference",))]
+    write_key_file(key_file, entries)
+    log = tmp_path / "server.log"
+    url_path = "/v2/models/add_sub"
+
+    def status(server: Server, key: str) -> int:
+        headers = {"authorization": f"Bearer {key}"}
+        return httpx.get(server.base + url_path, headers=headers, timeout=10).status_code
+
+    def grpc_refused(server: Server, key: str) -> str:
+        client = triton_grpc.InferenceServerClient(server.grpc_url)
+        try:
+            client.get_model_metadata("add_sub", headers={"authorization": f"Bearer {key}"})
+        except InferenceServerException as refusal:
+            return str(refusal.status())
+        finally:
+            client.close()
+        return "OK"
+
+    with serving(small_repo, log, "--api-keys", str(key_file), key=env_key) as server:
+        assert status(server, filed) == 200 and status(server, env_key) == 200
+
+        key_file.write_text("keys: [{name: ci\n")  # a hand edit gone wrong
+        wait_until(lambda: status(server, filed) == 401, "the broken file refusing the keys")
+        assert status(server, env_key) == 401
+        answer = httpx.get(server.base + url_path, headers={"authorization": f"Bearer {filed}"})
+        assert answer.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+        assert grpc_refused(server, filed) == "StatusCode.UNAUTHENTICATED"
+        assert grpc_refused(server, env_key) == "StatusCode.UNAUTHENTICATED"
+        assert httpx.get(f"{server.base}/v2/health/ready").status_code == 200  # probes: open
+
+        key_file.unlink()  # gone: still refused
+        wait_until(lambda: "No such file" in log.read_text(), "the missing file reported")
+        assert status(server, filed) == 401 and status(server, env_key) == 401
+
+        write_key_file(key_file, entries)  # repaired
+        wait_until(lambda: status(server, filed) == 200, "the repaired file")
+        assert status(server, env_key) == 200
+        assert grpc_refused(server, filed) == "OK"
+    text = log.read_text()
+    refusals = "every API key is refused until the file is valid again"
+    assert f"the key file {key_file} is not valid YAML" in text
+    assert f"cannot read the key file {key_file}: No such file or directory" in text
+    assert text.count(refusals) == 2  # once per change of the file, not per poll
+    assert filed not in text and env_key not in text and key_digest(filed) not in text
+    assert "Traceback" not in text
 
 
 def operator_cli(args: list[str], key: str | None, cwd: Path) -> subprocess.CompletedProcess[str]:

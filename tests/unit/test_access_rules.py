@@ -5,6 +5,7 @@ without a rule fails here instead of being served to any valid key."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import cast
 
@@ -17,7 +18,7 @@ from modelport.frontends.rest.access_guard import Rule, classify
 from modelport.frontends.rest.off_loop import OffLoop
 from modelport.frontends.rest.tfserving import TFServingEndpoints
 from modelport.frontends.rest.v2 import V2Endpoints
-from modelport.security.policy import Scope
+from modelport.security.policy import DIGEST_PREFIX, KeyPolicy, KeyRefused, Principal, Scope
 
 INFERENCE, METRICS, MANAGEMENT = Scope.INFERENCE, Scope.METRICS, Scope.MANAGEMENT
 
@@ -27,7 +28,16 @@ def route_paths() -> list[str]:
     routes = [*V2Endpoints(plane).routes(), *TFServingEndpoints(plane, 1, OffLoop()).routes()]
     values = {"model": "fraud-eu", "version": "3", "label": "stable"}
     paths = [re.sub(r"{(\w+)}", lambda m: values[m.group(1)], route.path) for route in routes]
-    return [*paths, "/v2/models/fraud-eu/infer", "/v2/models/fraud-eu/versions/3/infer", "/metrics"]
+    served_elsewhere = [
+        "/v2/models/fraud-eu/infer",  # the infer fast path
+        "/v2/models/fraud-eu/versions/3/infer",
+        "/metrics",
+        "/v2/alerts",  # rest/alerts.py
+        "/dashboard",  # rest/dashboard/routes.py
+        "/dashboard/static/dashboard.js",
+        "/dashboard/api/series",
+    ]
+    return [*paths, *served_elsewhere]
 
 
 EXPECTED = {
@@ -39,6 +49,10 @@ EXPECTED = {
     "/v2/repository/models/fraud-eu/load": Rule(MANAGEMENT, "fraud-eu", action="load"),
     "/v2/repository/models/fraud-eu/unload": Rule(MANAGEMENT, "fraud-eu", action="unload"),
     "/metrics": Rule(METRICS),
+    "/v2/alerts": Rule(METRICS),
+    "/dashboard": Rule(None, public=True),
+    "/dashboard/static/dashboard.js": Rule(None, public=True),
+    "/dashboard/api/series": Rule(METRICS),
 }
 
 
@@ -118,3 +132,19 @@ def test_grpc_methods() -> None:
         "RepositoryModelLoad",
         "RepositoryModelUnload",
     }
+
+
+def test_keys_sharing_a_digest_prefix_are_told_apart() -> None:
+    """Candidates are chosen by a prefix of the digest; the full digest decides."""
+    tokens = [f"key-{i}".encode() for i in range(500)]
+    digests = [hashlib.sha256(token).digest() for token in tokens]
+    principals = [Principal(f"k{i}", [Scope.INFERENCE]) for i in range(500)]
+    # a stored digest with the same prefix as key-7's but another tail
+    twin = digests[7][:DIGEST_PREFIX] + bytes(32 - DIGEST_PREFIX)
+    policy = KeyPolicy([*zip(digests, principals, strict=True), (twin, Principal("twin", []))])
+    for index in (0, 7, 499):
+        assert policy.authenticate(b"Bearer " + tokens[index]) is principals[index]
+    with pytest.raises(KeyRefused) as refused:
+        policy.authenticate(b"Bearer key-500")
+    assert refused.value.reason == "unknown"
+    assert len(policy.principals) == 501

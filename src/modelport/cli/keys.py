@@ -1,12 +1,15 @@
 """`modelport keys add|list|revoke`: the API key file a server reads (security/keys.py).
 
 The file holds hashes only. `add` prints the new key on stdout, and nothing else, once: it
-cannot be shown again. A running server reads the file again within about a second.
+cannot be shown again. A running server reads the file again within about a second. `add` and
+`revoke` change the file under its lock (security/keys.update_key_file): commands run at once
+lose no entry.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -22,7 +25,7 @@ from modelport.security.keys import (
     generate_key,
     key_digest,
     read_key_file,
-    write_key_file,
+    update_key_file,
 )
 
 KEY_FILE = click.option(
@@ -78,11 +81,6 @@ def add(
     burst: int | None,
 ) -> None:
     """Add a key named NAME and print it (only on stdout, only now)."""
-    entries = _read(key_file) if key_file.exists() else []
-    if any(entry.name == name for entry in entries):
-        raise click.ClickException(
-            f"{key_file} has a key named {name!r} already; revoke it first to replace it"
-        )
     if burst is not None and rate_limit is None:
         raise click.UsageError("--burst needs --rate-limit")
     key = generate_key()
@@ -97,7 +95,15 @@ def add(
     except ValidationError as exc:
         problems = "; ".join(error["msg"].removeprefix("Value error, ") for error in exc.errors())
         raise click.UsageError(problems) from None
-    _write(key_file, [*entries, entry])
+
+    def with_new_key(entries: list[KeyEntry]) -> list[KeyEntry]:
+        if any(known.name == name for known in entries):
+            raise click.ClickException(
+                f"{key_file} has a key named {name!r} already; revoke it first to replace it"
+            )
+        return [*entries, entry]
+
+    _update(key_file, with_new_key)
     click.echo(f"added the key {name!r} to {key_file}; it is shown this once:", err=True)
     click.echo(key)
 
@@ -130,11 +136,16 @@ def list_keys(key_file: Path, as_json: bool) -> None:
 @KEY_FILE
 def revoke(name: str, key_file: Path) -> None:
     """Remove the key NAME: a running server refuses it within about a second."""
-    entries = _read(key_file)
-    kept = [entry for entry in entries if entry.name != name]
-    if len(kept) == len(entries):
-        raise click.ClickException(f"{key_file} has no key named {name!r}")
-    _write(key_file, kept)
+    if not key_file.exists():
+        _read(key_file)  # the error naming the missing file; revoking does not create one
+
+    def without_key(entries: list[KeyEntry]) -> list[KeyEntry]:
+        kept = [entry for entry in entries if entry.name != name]
+        if len(kept) == len(entries):
+            raise click.ClickException(f"{key_file} has no key named {name!r}")
+        return kept
+
+    _update(key_file, without_key)
     click.echo(f"revoked the key {name!r} in {key_file}")
 
 
@@ -163,8 +174,10 @@ def _read(key_file: Path) -> list[KeyEntry]:
         raise click.ClickException(str(exc)) from None
 
 
-def _write(key_file: Path, entries: list[KeyEntry]) -> None:
+def _update(key_file: Path, change: Callable[[list[KeyEntry]], list[KeyEntry]]) -> None:
     try:
-        write_key_file(key_file, entries)
+        update_key_file(key_file, change)
+    except KeyFileError as exc:
+        raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot write {key_file}: {exc.strerror or exc}") from None

@@ -11,8 +11,12 @@ import click
 from modelport.__about__ import __version__
 from modelport.cli import operate
 from modelport.cli import optimize as optimize_commands
+from modelport.cli.alerts import alerts as alert_commands
+from modelport.cli.build import build as build_command
+from modelport.cli.k8s import k8s as k8s_command
 from modelport.cli.keys import keys as key_commands
 from modelport.cli.queue import queue as queue_commands
+from modelport.cli.ray_serve import ray as ray_commands
 
 
 @click.group()
@@ -122,9 +126,47 @@ def cli() -> None:
     help="Health endpoints need a key too (default: open, for probes).",
 )
 @click.option(
+    "--alert-webhook",
+    "alert_webhook",
+    multiple=True,
+    help="POST firing and resolved SLO alerts to this URL in Alertmanager's webhook format "
+    "(repeatable; or MODELPORT_ALERT_WEBHOOK, comma-separated).",
+)
+@click.option(
+    "--slo-interval",
+    type=float,
+    default=None,
+    hidden=True,  # advanced: tests and short SLO windows
+    help="Seconds between SLO evaluations (default 5).",
+)
+@click.option(
     "--log-level",
     default=None,
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="json: one JSON object per log line, with each record's fields (default text).",
+)
+@click.option(
+    "--access-log/--no-access-log",
+    default=None,
+    help="One line per request on the modelport.access logger (default on).",
+)
+@click.option(
+    "--trace-sample-ratio",
+    type=float,
+    default=None,
+    help="Share of requests traced with OpenTelemetry, 0 to 1 (default 0: off). A request "
+    "whose traceparent is sampled is always traced. Needs pip install 'modelport[tracing]'.",
+)
+@click.option(
+    "--otlp-endpoint",
+    default=None,
+    help="Where traces go, over OTLP/HTTP (e.g. http://collector:4318/v1/traces; default: "
+    "the OTEL_EXPORTER_OTLP_* variables, else http://localhost:4318/v1/traces).",
 )
 def serve(**options: object) -> None:
     """Serve a model repository over the v2 protocol."""
@@ -142,7 +184,7 @@ def serve(**options: object) -> None:
     except ValidationError as exc:
         problems = "; ".join(error["msg"].removeprefix("Value error, ") for error in exc.errors())
         raise click.UsageError(problems) from None
-    configure(settings.log_level)
+    configure(settings.log_level, log_format=settings.log_format, access_log=settings.access_log)
     try:
         status = run(settings)
     except TlsError as exc:
@@ -156,8 +198,12 @@ for command in (
     operate.rollback,
     operate.models,
     queue_commands,
+    ray_commands,
     key_commands,
+    alert_commands,
     *optimize_commands.COMMANDS,
+    k8s_command,
+    build_command,
 ):
     cli.add_command(command)
 

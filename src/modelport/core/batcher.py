@@ -33,6 +33,7 @@ from modelport.core.errors import (
     ServerBusy,
 )
 from modelport.core.stats import MovingAverage
+from modelport.core.tracing import TracedRun
 
 log = logging.getLogger("modelport.batcher")
 
@@ -62,6 +63,7 @@ class _Pending:
     key: tuple[object, ...]
     size: int
     future: asyncio.Future[BatchResult]
+    trace: TracedRun | None = None
     enqueued_ns: int = field(default_factory=time.perf_counter_ns)
     dispatched: bool = False
 
@@ -103,8 +105,13 @@ class DynamicBatcher:
         return len(self._queue)
 
     async def submit(
-        self, inputs: Arrays, outputs: tuple[str, ...] | None, timeout: float | None = None
+        self,
+        inputs: Arrays,
+        outputs: tuple[str, ...] | None,
+        timeout: float | None = None,
+        trace: TracedRun | None = None,
     ) -> BatchResult:
+        """`trace`: the request's run when it is traced (core/tracing.py)."""
         if self._closed:
             raise ModelNotReady(f"{self._label} is unloading")
         if self._max_queue is not None and len(self._queue) >= self._max_queue:
@@ -116,6 +123,7 @@ class DynamicBatcher:
             _shape_key(inputs),
             _batch_size(inputs, self._batched),
             loop.create_future(),
+            trace,
         )
         self._queue.append(pending)
         self._arrived.set()
@@ -238,9 +246,16 @@ class DynamicBatcher:
         if not members:
             return
         started = time.perf_counter_ns()
+        traced = _any_traced(members)
         inputs = _concatenate([p.inputs for p in members])
         wanted = _union([p.outputs for p in members])
-        outputs, infer_ns = await self._run(inputs, wanted)
+        try:
+            outputs, infer_ns = await self._run(inputs, wanted)
+        except Exception as exc:
+            if traced:
+                _trace_batch(members, started, 0, _error_text(exc))
+            raise
+        ran = time.perf_counter_ns() if traced else 0
         self._run_time.add(infer_ns)
         sizes = [p.size for p in members]
         parts = _split(self._label, outputs, sizes) if len(members) > 1 else [outputs]
@@ -250,6 +265,8 @@ class DynamicBatcher:
             if not pending.future.done():
                 queue_ns = started - pending.enqueued_ns
                 pending.future.set_result(BatchResult(part, queue_ns, infer_ns))
+        if traced:
+            _trace_batch(members, started, infer_ns, None, ran)
 
     async def close(self) -> None:
         """Refuse new requests, let running batches finish, fail what is still queued."""
@@ -262,6 +279,35 @@ class DynamicBatcher:
         self._queue.clear()
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
+
+
+def _any_traced(members: list[_Pending]) -> bool:
+    for pending in members:  # noqa: SIM110 (a loop: no generator made per batch)
+        if pending.trace is not None:
+            return True
+    return False
+
+
+def _trace_batch(
+    members: list[_Pending],
+    started_ns: int,
+    compute_ns: int,
+    error: str | None,
+    ran_ns: int = 0,
+) -> None:
+    """Each traced member's queue wait, and one batch span on the first traced member."""
+    runs = []
+    for pending in members:
+        if pending.trace is not None:
+            pending.trace.queued(pending.enqueued_ns, started_ns)
+            runs.append(pending.trace)
+    end_ns = ran_ns or time.perf_counter_ns()
+    size = sum(p.size for p in members)
+    runs[0].batched(runs, started_ns, end_ns, compute_ns, size, error)
+
+
+def _error_text(exc: Exception) -> str:
+    return exc.message if isinstance(exc, ModelportError) else f"{type(exc).__name__}: {exc}"
 
 
 def _shape_key(inputs: Arrays) -> tuple[object, ...]:

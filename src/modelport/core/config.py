@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from modelport.core.limits import RateLimit
+from modelport.core.slo_config import SloConfig
 from modelport.core.types import DataType, TensorSpec
 
 LABEL = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
@@ -228,6 +229,9 @@ class ModelConfig(_Strict):
     """Requests to the model (all its versions together) past this rate get 429."""
     max_in_flight: int | None = Field(default=None, ge=1, strict=True)
     """Requests the model (all its versions together) decodes or runs at once; more get 429."""
+    slo: SloConfig | None = None
+    """Objectives each version is held to; a breach raises an alert (and can roll a canary
+    back)."""
 
     def labels_of(self, version: int) -> list[str]:
         return sorted(label for label, number in self.labels.items() if number == version)

@@ -26,6 +26,7 @@ from modelport.core.errors import (
 )
 from modelport.core.manager import ModelManager
 from modelport.core.stats import ModelStatistics
+from modelport.core.tracing import CURRENT_TRACE, RequestTrace, Tracer
 from modelport.core.types import InferRequest, InferResponse
 from modelport.core.validate import InputGuard, ValidatedRequest
 from modelport.core.versions import Batched, ModelHandle, ModelState
@@ -58,14 +59,20 @@ class DataPlane:
         strict_readiness: bool = False,
         model_control: ModelControl = "none",
         startup_models: tuple[str, ...] = ("*",),
+        tracer: Tracer | None = None,
     ) -> None:
+        """`tracer`: traces sampled requests (None: tracing is off, and costs nothing)."""
         self._manager = manager
+        self.tracer = tracer
+        """What frontends start their requests' traces with (core/tracing.py)."""
+        self._tracing = tracer is not None
         self._extensions = extensions
         self._strict_readiness = strict_readiness
         self._model_control = model_control
         self._startup_models = startup_models
         self._started = False
         self._status_sources: list[Callable[[], list[IndexRow]]] = []
+        self._index_notes: list[Callable[[], dict[tuple[str, str], str]]] = []
 
     # ---- the server ------------------------------------------------------------------------
 
@@ -125,6 +132,8 @@ class DataPlane:
         """The models' rows, then a row for each frontend that reports its own state (a queue's
         broker connection)."""
         rows = await self._manager.index()
+        for notes in self._index_notes:
+            _add_notes(rows, notes())
         if ready_only:  # asks for the models that can serve: frontends' rows are no models
             return [row for row in rows if row["state"] == "READY"]
         for source in self._status_sources:
@@ -133,6 +142,11 @@ class DataPlane:
 
     def add_status_rows(self, source: Callable[[], list[IndexRow]]) -> None:
         self._status_sources.append(source)
+
+    def add_index_notes(self, source: Callable[[], dict[tuple[str, str], str]]) -> None:
+        """`source` gives notes by (model, version) for those versions' rows' reason (the
+        SLO loop's rollbacks)."""
+        self._index_notes.append(source)
 
     def statistics(
         self, name: str | None = None, version: str | None = None
@@ -169,6 +183,7 @@ class DataPlane:
         it; a refused request (over a limit, bad body, too large, queue full, timeout, a failing
         model) is counted against the version."""
         started = time.perf_counter_ns()
+        trace = CURRENT_TRACE.get() if self._tracing else None
         admission = self._admit(handle, started)
         try:
             try:
@@ -177,7 +192,14 @@ class DataPlane:
             except Exception as exc:  # a frontend's own failure counts too, as internal
                 self._reject(handle, public_error(exc), started)
                 raise
-            return await self._run(handle, validated, started)
+            if trace is None:
+                return await self._run(handle, validated, started, None)
+            trace.decoded(started, time.perf_counter_ns())
+            response = await self._run(handle, validated, started, trace)
+            rows = _inference_count(handle, validated.request.inputs)
+            ended = time.perf_counter_ns()
+            trace.answered(response.model_name, response.model_version, rows, ended)
+            return response
         finally:  # success, error, cancellation (a client gone, a gRPC deadline) alike
             admission.leave()
 
@@ -187,8 +209,10 @@ class DataPlane:
         started = time.perf_counter_ns()
         handle = self._manager.resolve(request.model_name, request.model_version)
         admission = self._admit(handle, started)
+        trace = CURRENT_TRACE.get() if self._tracing else None
         try:
-            return await self._run(handle, self._validate(handle, request, started), started)
+            validated = self._validate(handle, request, started)
+            return await self._run(handle, validated, started, trace)
         finally:
             admission.leave()
 
@@ -213,7 +237,11 @@ class DataPlane:
             raise
 
     async def _run(
-        self, handle: ModelHandle, validated: ValidatedRequest, started: int
+        self,
+        handle: ModelHandle,
+        validated: ValidatedRequest,
+        started: int,
+        trace: RequestTrace | None,
     ) -> InferResponse:
         request = validated.request
         if not handle.serving:
@@ -229,7 +257,10 @@ class DataPlane:
         try:
             work = loaded.work
             if isinstance(work, Batched):
-                result = await work.batcher.submit(request.inputs, request.outputs, request.timeout)
+                run = None if trace is None else trace.run(handle.name, handle.version)
+                result = await work.batcher.submit(
+                    request.inputs, request.outputs, request.timeout, run
+                )
                 outputs = _select(handle, result.outputs, request.outputs)
                 queue_ns, infer_ns = result.queue_ns, result.infer_ns
             else:
@@ -264,6 +295,13 @@ class DataPlane:
         elapsed = time.perf_counter_ns() - started_ns
         handle._version.stats.record_failure(now_ms=time.time_ns() // 1_000_000, total_ns=elapsed)
         handle._loaded.recorder.failure(elapsed / 1e9, error.kind.value)
+
+
+def _add_notes(rows: list[IndexRow], notes: dict[tuple[str, str], str]) -> None:
+    for row in rows if notes else ():
+        note = notes.get((row["name"], row.get("version", "")))
+        if note:
+            row["reason"] = f"{row['reason']}; {note}" if row["reason"] else note
 
 
 def _select(

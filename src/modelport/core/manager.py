@@ -467,6 +467,15 @@ class ModelManager:
             raise ModelNotFound(f"unknown model '{name}'")
         return sorted(record.versions.values(), key=lambda v: v.number)
 
+    def configs(self) -> list[tuple[str, ModelConfig, list[int]]]:
+        """Each model with a config: its name, the config it serves with and its READY
+        versions' numbers (what the SLO evaluator looks at)."""
+        return [
+            (name, record.config, sorted(n for n, v in record.versions.items() if v.ready))
+            for name, record in list(self._records.items())
+            if record.config is not None
+        ]
+
     def all_versions(self) -> Iterable[ModelVersion]:
         for record in list(self._records.values()):
             yield from list(record.versions.values())
@@ -525,7 +534,7 @@ def served_versions(config: ModelConfig, available: list[int]) -> list[int]:
 
 def _serving(config: ModelConfig) -> ModelConfig:
     """The part of a config that a loaded version depends on (not routing, not the policy, not
-    the model's limits: those apply to the versions serving already)."""
+    the model's limits or SLO: those apply to the versions serving already)."""
     return config.model_copy(
         update={
             "labels": {},
@@ -533,6 +542,7 @@ def _serving(config: ModelConfig) -> ModelConfig:
             "version_policy": None,
             "rate_limit": None,
             "max_in_flight": None,
+            "slo": None,
         }
     )
 

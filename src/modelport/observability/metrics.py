@@ -18,6 +18,8 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from modelport.observability.window import VersionSeries, WindowStore
+
 # The *_created series double the exposition size and no dashboard of ours reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated in prometheus_client
 
@@ -46,14 +48,21 @@ STATES = ("LOADING", "READY", "UNAVAILABLE", "FAILED")
 class Metrics:
     """`multiprocess`: one of several server workers (serving.py). Values then live in files
     under PROMETHEUS_MULTIPROC_DIR, which the supervisor sets, and a scrape of any worker sums
-    every worker's counters and histograms; gauges are per live worker (a `pid` label)."""
+    every worker's counters and histograms; gauges are per live worker (a `pid` label).
+    `window`: also keep every version's last minutes in process (observability/window.py, what
+    the dashboard and the SLOs read), per worker."""
 
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(
-        self, registry: CollectorRegistry | None = None, *, multiprocess: bool = False
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        multiprocess: bool = False,
+        window: WindowStore | None = None,
     ) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.window = window
         self._exposition = self.registry
         if multiprocess:
             self._exposition = CollectorRegistry()
@@ -127,7 +136,8 @@ class Metrics:
         )
 
     def recorder(self, model: str, version: str) -> VersionMetrics:
-        return VersionMetrics(self, model, version)
+        series = self.window.series(model, version) if self.window is not None else None
+        return VersionMetrics(self, model, version, series)
 
     def limit_recorder(self, model: str) -> ModelLimitMetrics:
         return ModelLimitMetrics(self, model)
@@ -143,8 +153,11 @@ class Metrics:
 class VersionMetrics:
     """The label children of one model version, bound once at load time."""
 
-    def __init__(self, metrics: Metrics, model: str, version: str) -> None:
+    def __init__(
+        self, metrics: Metrics, model: str, version: str, series: VersionSeries | None = None
+    ) -> None:
         self._metrics = metrics
+        self._series = series
         self._labels = (model, version)
         self._success = metrics.success.labels(model, version)
         self._inferences = metrics.inferences.labels(model, version)
@@ -160,15 +173,23 @@ class VersionMetrics:
         self._latency.observe(latency_s)
         self._compute.observe(compute_s)
         self._queue.observe(queue_s)
+        if self._series is not None:
+            self._series.success(latency_s, queue_s)
 
     def execution(self, batch_size: int) -> None:
         self._batch_size.observe(batch_size)
+        if self._series is not None:
+            self._series.execution(batch_size)
 
     def in_flight(self, delta: int) -> None:
         self._in_flight.inc(delta)
+        if self._series is not None:
+            self._series.in_flight(delta)
 
     def failure(self, latency_s: float, reason: str) -> None:
         self._metrics.failure.labels(*self._labels, reason).inc()
+        if self._series is not None:
+            self._series.failure(reason)
 
 
 class ModelLimitMetrics:

@@ -24,6 +24,7 @@ import yaml
 from modelport.core.config import ModelConfig
 from modelport.core.errors import ModelNotFound
 from modelport.core.manager import STABLE
+from modelport.core.slo import moved_share
 from modelport.repository.config_file import parse_config
 from modelport.repository.local import CONFIG_FILE
 from modelport.repository.paths import VERSION_DIR, model_dir
@@ -142,6 +143,23 @@ def set_label(repository: Path, name: str, version: int, label: str) -> ModelCon
         raw.pop("traffic", None)
         raw["labels"] = {k: v for k, v in raw["labels"].items() if k == STABLE or v != version}
     return write_config(directory, name, raw)
+
+
+def shift_traffic(repository: Path, name: str, source: int, target: int) -> bool:
+    """Move `source`'s traffic share to `target` in config.yaml, leaving `source` at 0 (what the
+    server does to a canary that breaches its SLO). False when the file's split gives `source`
+    no share or does not name `target` (nothing to change)."""
+    directory = _directory(repository, name)
+    raw = read_raw_config(directory)
+    traffic = raw.get("traffic")
+    if not isinstance(traffic, dict):
+        return False
+    weights = {int(version): float(weight) for version, weight in traffic.items()}
+    if not weights.get(source) or target not in weights:
+        return False
+    raw["traffic"] = moved_share(weights, source, target)
+    write_config(directory, name, raw)
+    return True
 
 
 def rollback(repository: Path, name: str, to: int | None = None) -> tuple[int, list[int]]:

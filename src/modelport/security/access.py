@@ -1,8 +1,12 @@
 """What the frontends hold: whether keys are on, the current key policy, and the reporting.
 
 The policy is replaced, never changed, when the key file changes (`watch`, a task on the
-server's loop started by app.py): a request holds the policy it started with. A file that
-turns invalid leaves the previous keys in force and is reported once per change of the file.
+server's loop started by app.py): a request holds the policy it started with.
+
+A file that turns unreadable or invalid fails closed: every key is refused (401), the
+MODELPORT_API_KEY one too, until the file is valid again, reported once per change of the
+file. Keeping the keys read before would keep a key in force that the broken edit meant to
+revoke, and a partial set of keys is no state anyone configured.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from modelport.security.policy import AccessRefusal, KeyPolicy, build_policy
 log = logging.getLogger("modelport.security")
 
 POLL_SECS = 1.0
+REFUSE_EVERY_KEY = KeyPolicy(())
+"""The policy while the key file cannot be used: every key is unknown (401)."""
 
 
 class AccessControl:
@@ -40,6 +46,8 @@ class AccessControl:
         self._key_file = key_file
         self._env_key = env_key
         self._stamp: FileStamp | None = None if key_file is None else file_stamp(key_file)
+        self._valid = self.policy
+        """The last policy read from a valid file: keys keep their buckets across a failure."""
 
     @classmethod
     def from_sources(
@@ -61,7 +69,7 @@ class AccessControl:
             env_key=env_key,
         )
         entries = read_key_file(key_file) if key_file is not None else []
-        access.policy = build_policy(entries, env_key)
+        access.policy = access._valid = build_policy(entries, env_key)
         access.enabled = True
         return access
 
@@ -77,7 +85,8 @@ class AccessControl:
         self.audit.refused(error, client)
 
     def reload_if_changed(self) -> bool:
-        """Read the key file again if its stamp changed; True when new keys took effect."""
+        """Read the key file again if its stamp changed; True when new keys took effect (a
+        file that cannot be used refuses every key, and is not such a change)."""
         path = self._key_file
         if path is None:
             return False
@@ -88,12 +97,16 @@ class AccessControl:
         try:
             entries = read_key_file(path)
         except KeyFileError as exc:
-            kept = len(self.policy.principals)
-            log.error("%s; the %d key(s) read before stay in force", exc, kept)
-            return False
-        self.policy = build_policy(entries, self._env_key, self.policy)
-        log.info("read the key file %s again: %d key(s)", path, len(entries))
-        return True
+            problem = str(exc)  # names the file and the entry, never a key or a hash
+        except Exception as exc:  # a watcher that died would leave the keys in force
+            problem = f"the key file {path} could not be read: {type(exc).__name__}"
+        else:
+            self.policy = self._valid = build_policy(entries, self._env_key, self._valid)
+            log.info("read the key file %s again: %d key(s)", path, len(entries))
+            return True
+        self.policy = REFUSE_EVERY_KEY
+        log.error("%s; every API key is refused until the file is valid again", problem)
+        return False
 
     async def watch(self, interval: float = POLL_SECS) -> None:
         """Follow the key file until cancelled; returns at once when there is none."""

@@ -19,6 +19,9 @@ from modelport.core.errors import Forbidden, RateLimited, Unauthenticated
 from modelport.core.limits import TokenBucket
 from modelport.security.keys import ENV_KEY_NAME, KeyEntry, key_digest
 
+DIGEST_PREFIX = 8
+"""Bytes of a key's SHA-256 that select the stored digests it is compared with."""
+
 MODEL_CACHE_SIZE = 1024
 """Model names whose pattern result a principal remembers; past it the memory starts over."""
 
@@ -140,10 +143,12 @@ def _compile(patterns: tuple[str, ...] | None) -> Callable[[str], object] | None
 class KeyPolicy:
     """A fixed set of keys. A reload builds a new policy; requests in flight keep the old one."""
 
-    __slots__ = ("_keys", "principals")
+    __slots__ = ("_by_prefix", "principals")
 
     def __init__(self, keys: Sequence[tuple[bytes, Principal]]) -> None:
-        self._keys = tuple(keys)
+        self._by_prefix: dict[bytes, list[tuple[bytes, Principal]]] = {}
+        for digest, principal in keys:
+            self._by_prefix.setdefault(digest[:DIGEST_PREFIX], []).append((digest, principal))
         self.principals = tuple(principal for _, principal in keys)
 
     def authenticate(self, authorization: bytes | None) -> Principal:
@@ -156,9 +161,12 @@ class KeyPolicy:
             raise _refusal("malformed")
         digest = hashlib.sha256(token).digest()
         found: Principal | None = None
-        # Every stored digest is compared, in constant time, whatever matched before: how long
-        # this takes tells nothing about which key, if any, was close.
-        for stored, principal in self._keys:
+        # The candidates are found by the first bytes of the presented key's SHA-256, so the
+        # cost does not grow with the number of keys; how long that lookup takes depends on
+        # the digest of the attacker's own guess only, which tells nothing about a stored key
+        # (aiming at one would take a preimage). The full digests are then compared in
+        # constant time.
+        for stored, principal in self._by_prefix.get(digest[:DIGEST_PREFIX], ()):
             if hmac.compare_digest(stored, digest):
                 found = principal
         if found is None:

@@ -103,6 +103,11 @@ class CallPermit:
         self._principal = principal
         self._peer = peer
 
+    @property
+    def key_name(self) -> str | None:
+        """The name of the call's API key (the access log's), None without one."""
+        return None if self._principal is None else self._principal.name
+
     def admit(self, model: str) -> None:
         """A message naming `model` ("" for none): KeyForbidden / KeyRateLimited if refused."""
         principal = self._principal
@@ -114,13 +119,22 @@ class CallPermit:
             self._access.refused(exc, self._peer)
             raise
 
-    async def run(self, handler: Handler, request: Message, call: object) -> Message:
-        """A unary call: admit its message, run it, and audit it if it is a management action."""
+    def run(self, handler: Handler, request: Message, call: object) -> Awaitable[Message]:
+        """A unary call: admit its message (raising here if refused), then the handler's
+        awaitable, audited if the method is a management action. A plain call rather than a
+        coroutine, so inference calls pay for no extra coroutine."""
         rule = self._rule
         model = "" if rule.model_field is None else str(getattr(request, rule.model_field))
         self.admit(model)
         if rule.action is None:
-            return await handler(request, call)
+            return handler(request, call)
+        return self._audited(handler, request, call, model)
+
+    async def _audited(
+        self, handler: Handler, request: Message, call: object, model: str
+    ) -> Message:
+        rule = self._rule
+        assert rule.action is not None
         outcome = "the call ended without an answer"
         try:
             reply = await handler(request, call)

@@ -5,7 +5,9 @@ Follows gRPC's PROTOCOL-HTTP2 specification: a POST to `/package.Service/Method`
 compressed, per `grpc-encoding`), `grpc-timeout` for the deadline, and the outcome as
 `grpc-status` / `grpc-message` trailers. Unary and bidirectional-streaming methods are served
 (the v2 service has no other kind). Errors raised as ModelportError map to status codes through
-frontends/status.py, the one error table.
+frontends/status.py, the one error table. Every call gets a request id (`x-request-id` metadata,
+sent back in the response headers), one access line when it ends (a stream: one for the whole
+stream) and, for ModelInfer and ModelStreamInfer when sampled, a trace continuing `traceparent`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -24,13 +28,15 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
-from modelport.core.errors import ModelportError, public_error
+from modelport.core.errors import ModelportError, RateLimited, public_error
+from modelport.core.tracing import CURRENT_TRACE, ServerTrace, Tracer
 from modelport.frontends.compression import decode_body
 from modelport.frontends.grpc.access import CallPermit, GrpcGuard
 from modelport.frontends.grpc.http2.connection import Connection
 from modelport.frontends.grpc.http2.frames import STATUS_200, hpack_literal, hpack_status
 from modelport.frontends.grpc.http2.headers import Headers
 from modelport.frontends.status import grpc_code_name
+from modelport.observability import access_log
 
 log = logging.getLogger("modelport.grpc")
 
@@ -76,6 +82,11 @@ _MAX_STATUS_MESSAGE = 1024
 _TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 _HOLD_MESSAGES = 32
 _HOLD_BYTES = 4 << 20
+_TRACED_METHODS = frozenset({"ModelInfer", "ModelStreamInfer"})
+_MODEL_FIELDS = ("model_name", "name")
+_VERSION_FIELDS = ("model_version", "version")
+_FAILED = frozenset({2, 4, 12, 13, 14, 15})
+"""Codes that mark a server span failed (OpenTelemetry's gRPC conventions)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +95,12 @@ class Method:
     streaming: bool
     handler: Callable[..., Any]
     """unary: async (request, call) -> response; streaming: (requests, call) -> async iterator"""
+    model_field: str | None = None
+    """The request's field naming the model (the access log's), and its version's."""
+    version_field: str | None = None
+    traced: bool = False
+    """An inference method: traced when the tracer samples the call."""
+    path: str = ""
 
 
 def service_methods(servicer: object, service: ServiceDescriptor) -> dict[bytes, Method]:
@@ -96,12 +113,22 @@ def service_methods(servicer: object, service: ServiceDescriptor) -> dict[bytes,
         if method.client_streaming != method.server_streaming:
             raise TypeError(f"{method.full_name}: only unary and bidirectional methods are served")
         path = f"/{service.full_name}/{method.name}".encode()
-        table[path] = Method(GetMessageClass(method.input_type), method.client_streaming, handler)
+        fields = method.input_type.fields_by_name
+        table[path] = Method(
+            GetMessageClass(method.input_type),
+            method.client_streaming,
+            handler,
+            next((name for name in _MODEL_FIELDS if name in fields), None),
+            next((name for name in _VERSION_FIELDS if name in fields), None),
+            method.name in _TRACED_METHODS,
+            path.decode(),
+        )
     return table
 
 
-def status_block(status: Status, message: str, *, headers: bool) -> bytes:
-    """Trailers with the status; `headers` makes it a Trailers-Only response (no body sent)."""
+def status_block(status: Status, message: str, extra: bytes = b"", *, headers: bool) -> bytes:
+    """Trailers with the status (and `extra` encoded fields); `headers` makes it a
+    Trailers-Only response (no body sent)."""
     block = RESPONSE_HEADERS if headers else b""
     block += hpack_literal(b"grpc-status", str(int(status)).encode())
     if message:
@@ -111,7 +138,7 @@ def status_block(status: Status, message: str, *, headers: bool) -> bytes:
             message = message[: len(message) * _MAX_STATUS_MESSAGE // len(text) - 1]
             text = quote(message, safe=_MESSAGE_SAFE)
         block += hpack_literal(b"grpc-message", text.encode("ascii"))
-    return block
+    return block + extra
 
 
 def frame_message(body: bytes) -> bytes:
@@ -136,15 +163,19 @@ class Dispatcher:
         max_message_bytes: int,
         max_connection_bytes: int | None = None,
         guard: GrpcGuard | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
-        """`guard`: API keys, checked when a stream's headers arrive (None: no checks)."""
+        """`guard`: API keys, checked when a stream's headers arrive (None: no checks);
+        `tracer`: traces sampled inference calls (None: no tracing)."""
         self._methods = methods
         self._guard = guard
+        self._tracer = tracer
         self.max_message_bytes = max_message_bytes
         self.max_connection_bytes = max_connection_bytes or max(2 * max_message_bytes, 64 << 20)
         """Unfinished request bytes one connection may hold (many streams, none finished)."""
 
     def __call__(self, connection: Connection, stream_id: int, headers: Headers) -> Any:
+        started = time.perf_counter_ns()
         fields = dict(headers)
         if fields.get(b":method") != b"POST":
             connection.send_headers(stream_id, hpack_status(405), end_stream=True)
@@ -154,6 +185,8 @@ class Dispatcher:
             return _Ignored()
         path = fields.get(b":path", b"")
         method = self._methods.get(path)
+        request_id = access_log.accept_request_id(fields.get(b"x-request-id"))
+        permit = None
         try:
             guard = self._guard
             permit = (
@@ -171,10 +204,21 @@ class Dispatcher:
             timeout = fields.get(b"grpc-timeout")
             seconds = parse_timeout(timeout) if timeout is not None else None
         except (RpcError, ModelportError) as exc:
-            block = status_block(*_status_of(exc), headers=True) + _ACCEPT_ENCODING
-            connection.send_headers(stream_id, block, end_stream=True)
+            status, message, extra = _status_of(exc)
+            extra += _request_id_field(request_id)
+            block = status_block(status, message, extra, headers=True)
+            connection.send_headers(stream_id, block + _ACCEPT_ENCODING, end_stream=True)
+            if access_log.wanted():
+                key = None if permit is None else permit.key_name
+                name = path[:200].decode(errors="replace")
+                _log_call(name, "", "", status, started, request_id, connection.peer, key)
             return _Ignored()
-        return Call(self, connection, stream_id, method, encoding, seconds, permit)
+        trace = None
+        if self._tracer is not None and method.traced:
+            trace = _start_trace(self._tracer, path, fields, request_id, connection.peer)
+        call = Call(self, connection, stream_id, method, encoding, seconds, permit)
+        call.observe(request_id, started, trace)
+        return call
 
 
 def _is_grpc(content_type: bytes) -> bool:
@@ -216,11 +260,17 @@ class Call:
         "_loop",
         "_messages",
         "_method",
+        "_model",
+        "_parsed",
         "_permit",
         "_queued_bytes",
+        "_request_id",
+        "_started",
         "_stream_id",
         "_task",
         "_timer",
+        "_trace",
+        "_version",
         "_waiter",
     )
 
@@ -253,8 +303,19 @@ class Call:
         self._task: asyncio.Task[None] | None = None
         self._deadline = None if timeout is None else self._loop.time() + timeout
         self._timer = None if timeout is None else self._loop.call_later(timeout, self._expire)
+        self._request_id = ""
+        self._started = 0
+        self._trace: ServerTrace | None = None
+        self._model = self._version = ""
+        self._parsed = 0  # request messages taken by the handler
         if method.streaming:
             self._start(self._run_stream())
+
+    def observe(self, request_id: str, started_ns: int, trace: ServerTrace | None) -> None:
+        """The call's request id, when its headers arrived, and its trace if sampled."""
+        self._request_id = request_id
+        self._started = started_ns
+        self._trace = trace
 
     # -- what handlers see ----------------------------------------------------------------------
 
@@ -354,9 +415,12 @@ class Call:
         self._start(self._run_unary(self._messages.popleft()))
 
     def reset(self) -> None:
+        finished = self._finished
         self._close()
         if self._task is not None:
             self._task.cancel()
+        if not finished:
+            self._done(Status.CANCELLED)
 
     # -- running -----------------------------------------------------------------------------------
 
@@ -375,22 +439,33 @@ class Call:
                 request = method.request_type.FromString(payload)
             except DecodeError:
                 raise RpcError(Status.INTERNAL, "could not parse the request message") from None
+            self._note_request(request)
+            trace = self._trace
+            if trace is not None:
+                CURRENT_TRACE.set(trace)  # this task's own context: the data plane reads it
             permit = self._permit
             if permit is None:
                 reply = await method.handler(request, self)
             else:
                 reply = await permit.run(method.handler, request, self)
+            self._version = getattr(reply, "model_version", None) or self._version
             body = frame_message(reply.SerializeToString())
+            if trace is not None:
+                trace.encoded(time.perf_counter_ns())
         except Exception as exc:
             self._fail(*_status_of(exc))
             return
         if self._finished:
             return
         self._close()
-        self._connection.respond(self._stream_id, RESPONSE_HEADERS, body, TRAILERS_OK)
+        headers = RESPONSE_HEADERS + _request_id_field(self._request_id)
+        self._connection.respond(self._stream_id, headers, body, TRAILERS_OK)
+        self._done(Status.OK)
 
     async def _run_stream(self) -> None:
         connection = self._connection
+        if self._trace is not None:
+            CURRENT_TRACE.set(self._trace)  # the stream's requests run in tasks that inherit it
         try:
             async with contextlib.aclosing(self._method.handler(self._requests(), self)) as replies:
                 async for reply in replies:
@@ -398,16 +473,20 @@ class Call:
                     if self._finished:
                         return
                     if not self._headers_sent:
-                        connection.send_headers(self._stream_id, RESPONSE_HEADERS)
+                        headers = RESPONSE_HEADERS + _request_id_field(self._request_id)
+                        connection.send_headers(self._stream_id, headers)
                         self._headers_sent = True
+                        answer = getattr(reply, "infer_response", None)
+                        if not self._version and answer is not None:
+                            self._version = answer.model_version
                     connection.send_data(self._stream_id, body)
                     # the handler's next reply waits while the peer leaves its window closed
                     await connection.writable(self._stream_id)
         except Exception as exc:
-            status, message = _status_of(exc)
+            status, message, extra = _status_of(exc)
         else:
-            status, message = Status.OK, ""
-        self._end(status, message)
+            status, message, extra = Status.OK, "", b""
+        self._end(status, message, extra)
 
     async def _requests(self) -> AsyncIterator[Message]:
         parse = self._method.request_type.FromString
@@ -417,9 +496,13 @@ class Call:
                 self._queued_bytes -= len(message)
                 self._release_window()
                 try:
-                    yield parse(message)
+                    request = parse(message)
                 except DecodeError:
                     raise RpcError(Status.INTERNAL, "could not parse a request message") from None
+                if not self._parsed:
+                    self._note_request(request)
+                self._parsed += 1
+                yield request
             if self._ended or self._finished:
                 return
             self._waiter = self._loop.create_future()
@@ -444,25 +527,55 @@ class Call:
 
     # -- finishing ---------------------------------------------------------------------------------
 
-    def _fail(self, status: Status, message: str) -> None:
+    def _fail(self, status: Status, message: str, extra: bytes = b"") -> None:
         """End the call with an error status (once); a peer still sending is told to stop."""
         if self._finished:
             return
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
-        self._end(status, message)
+        self._end(status, message, extra)
 
-    def _end(self, status: Status, message: str) -> None:
+    def _end(self, status: Status, message: str, extra: bytes = b"") -> None:
         """The status, as trailers after the response headers or as a Trailers-Only answer."""
         if self._finished:
             return
         self._close()
         if self._headers_sent:
-            block = status_block(status, message, headers=False)
+            block = status_block(status, message, extra, headers=False)
             self._connection.send_trailers(self._stream_id, block)
         else:
-            block = status_block(status, message, headers=True)
+            extra += _request_id_field(self._request_id)
+            block = status_block(status, message, extra, headers=True)
             self._connection.send_headers(self._stream_id, block, end_stream=True)
+        self._done(status)
+
+    def _note_request(self, request: Message) -> None:
+        """The model and version a request names (a stream's first), for the access log."""
+        method = self._method
+        if method.model_field is not None:
+            self._model = getattr(request, method.model_field)
+        if method.version_field is not None:
+            self._version = getattr(request, method.version_field)
+
+    def _done(self, status: Status) -> None:
+        """The call has ended with `status`: its trace and its access line."""
+        trace = self._trace
+        if trace is not None:
+            trace.finish(int(status), status in _FAILED)
+        if access_log.wanted():
+            permit = self._permit
+            _log_call(
+                self._method.path,
+                self._model,
+                self._version,
+                status,
+                self._started,
+                self._request_id,
+                self._connection.peer,
+                None if permit is None else permit.key_name,
+                None if trace is None else trace.trace_id,
+                self._parsed if self._method.streaming else None,
+            )
 
     def _expire(self) -> None:
         self._timer = None
@@ -478,10 +591,68 @@ class Call:
             self._waiter.set_result(None)
 
 
-def _status_of(exc: Exception) -> tuple[Status, str]:
+def _request_id_field(request_id: str) -> bytes:
+    return hpack_literal(b"x-request-id", request_id.encode())
+
+
+def _start_trace(
+    tracer: Tracer, path: bytes, fields: dict[bytes, bytes], request_id: str, peer: str
+) -> ServerTrace | None:
+    name = path.decode()[1:]  # "inference.GRPCInferenceService/ModelInfer"
+    service, _, method = name.rpartition("/")
+    traceparent, tracestate = fields.get(b"traceparent"), fields.get(b"tracestate")
+    return tracer.start(
+        "grpc",
+        name,
+        traceparent=None if traceparent is None else traceparent.decode("latin-1"),
+        tracestate=None if tracestate is None else tracestate.decode("latin-1"),
+        request_id=request_id,
+        attributes={
+            "rpc.system": "grpc",
+            "rpc.service": service,
+            "rpc.method": method,
+            "client.address": peer,
+        },
+    )
+
+
+def _log_call(
+    path: str,
+    model: str,
+    version: str,
+    status: Status,
+    started_ns: int,
+    request_id: str,
+    peer: str,
+    key: str | None,
+    trace_id: str | None = None,
+    messages: int | None = None,
+) -> None:
+    access_log.record(
+        "grpc",
+        path.rpartition("/")[2],
+        path,
+        model or None,
+        version or None,
+        int(status),
+        time.perf_counter_ns() - started_ns,
+        request_id,
+        peer,
+        key,
+        trace_id,
+        messages,
+    )
+
+
+def _status_of(exc: Exception) -> tuple[Status, str, bytes]:
+    """The status, its message and any further trailer fields, for every error of a call."""
     if isinstance(exc, RpcError):
-        return exc.status, exc.message
+        return exc.status, exc.message, b""
     if not isinstance(exc, ModelportError):
         log.error("unexpected error in a gRPC call", exc_info=exc)
     error = public_error(exc)
-    return Status[grpc_code_name(error.kind)], error.message
+    extra = b""
+    if isinstance(error, RateLimited):  # gRFC A6 server pushback, as REST sends Retry-After
+        pushback = max(1, math.ceil(error.retry_after * 1000))
+        extra = hpack_literal(b"grpc-retry-pushback-ms", str(pushback).encode())
+    return Status[grpc_code_name(error.kind)], error.message, extra

@@ -38,7 +38,7 @@ class GrpcServer:
         context (which offers ALPN h2)."""
         methods = service_methods(InferenceServicer(plane), SERVICE)
         guard = None if access is None else GrpcGuard(access, SERVICE)
-        self._dispatcher = Dispatcher(methods, max_message_bytes, guard=guard)
+        self._dispatcher = Dispatcher(methods, max_message_bytes, guard=guard, tracer=plane.tracer)
         self._limits = Http2Limits()
         self._host = host
         self._port = port

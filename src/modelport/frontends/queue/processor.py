@@ -1,5 +1,7 @@
 """One queue request, start to finish: decode it as REST would, run it through the data plane,
-reply, and settle it (ack, retry later, or dead-letter), whatever the broker."""
+reply, and settle it (ack, retry later, or dead-letter), whatever the broker. Each delivery gets
+one access line (its status: the reply's, or the error's when it is handed back for a retry) and,
+when sampled, a trace continuing the message's `traceparent` field."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from typing import Protocol
 
 from modelport.core.data_plane import DataPlane
 from modelport.core.errors import InvalidInput, ModelportError, RateLimited, public_error
+from modelport.core.tracing import CURRENT_TRACE, ServerTrace
 from modelport.core.types import InferResponse
 from modelport.core.validate import InputGuard, ValidatedRequest
 from modelport.frontends.queue.contract import TRANSIENT, QueueRequest, Reply
@@ -22,6 +25,7 @@ from modelport.frontends.rest.v2_codec import (
     parse_header_length,
 )
 from modelport.frontends.status import http_status
+from modelport.observability import access_log
 
 log = logging.getLogger("modelport.queue")
 
@@ -44,6 +48,20 @@ class QueueObserver(Protocol):
     def connected(self, up: bool) -> None: ...
 
     def connection_lost(self) -> None: ...
+
+
+class _Outcome:
+    """What became of a delivery, for its access line and its trace."""
+
+    __slots__ = ("reply",)
+
+    def __init__(self) -> None:
+        self.reply: Reply | None = None
+
+    @property
+    def status(self) -> int:
+        """The reply's status; 500 when none was made (the server stopped meanwhile)."""
+        return 500 if self.reply is None else self.reply.status
 
 
 class QueueProcessor:
@@ -73,13 +91,34 @@ class QueueProcessor:
         """Answer and settle one delivery. Returns the delay before the next attempt when it
         was handed back for one (settled later by `delivery.retry`, which the caller runs),
         else None."""
+        started_ns = time.perf_counter_ns()
+        request = delivery.request
+        trace = None
+        tracer = self._plane.tracer
+        if tracer is not None and request is not None:
+            trace = self._start_trace(request, delivery)
+        token = None if trace is None else CURRENT_TRACE.set(trace)
+        outcome = _Outcome()
+        try:
+            return await self._process(delivery, outcome, trace)
+        finally:
+            if token is not None:
+                CURRENT_TRACE.reset(token)
+            if trace is not None:
+                trace.finish(outcome.status, outcome.status >= 500)
+            if access_log.wanted():
+                self._log(delivery, outcome, started_ns, trace)
+
+    async def _process(
+        self, delivery: Delivery, outcome: _Outcome, trace: ServerTrace | None
+    ) -> float | None:
         started = time.perf_counter()
         self._observer.received()
         request = delivery.request
         attempt = delivery.attempts + 1
         if request is None:
             problem = f"the message is not a request: {delivery.problem}"
-            reply = Reply.error("", "", "", 400, problem)
+            reply = outcome.reply = Reply.error("", "", "", 400, problem)
             if delivery.reply_to is None or await self._reply_or_refused(
                 delivery.reply_to, reply, started
             ):
@@ -92,16 +131,17 @@ class QueueProcessor:
             # handed out this often already without being settled: it may be what kills the
             # server (a poison message), so it is not run again
             problem = f"the request was delivered {delivery.attempts} times without an answer"
-            reply = Reply.error(request.id, model, version, 500, problem)
+            reply = outcome.reply = Reply.error(request.id, model, version, 500, problem)
             await self._settle_dead(delivery, reply_to, reply, attempt, problem, started)
             return None
         try:
-            reply = await self._answer(request)
+            reply = await self._answer(request, trace)
         except Exception as exc:
             error = public_error(exc)
             if not isinstance(exc, ModelportError):
                 log.error("unexpected error answering a queue request", exc_info=exc)
             reply = Reply.error(request.id, model, version, http_status(error.kind), error.message)
+            outcome.reply = reply
             if error.kind in TRANSIENT:
                 if attempt < self._endpoint.max_attempts:
                     self._observer.retried()
@@ -109,9 +149,52 @@ class QueueProcessor:
                     return self.retry_delay(attempt, wait)
                 await self._settle_dead(delivery, reply_to, reply, attempt, error.message, started)
                 return None
+        outcome.reply = reply
         if not await self._answered(delivery, reply_to, reply, started):
             await self._dead_letter(delivery, attempt, f"the reply to {reply_to} was refused")
         return None
+
+    def _start_trace(self, request: QueueRequest, delivery: Delivery) -> ServerTrace | None:
+        tracer = self._plane.tracer
+        assert tracer is not None
+        endpoint = self._endpoint
+        return tracer.start(
+            "queue",
+            f"process {endpoint.requests}",
+            traceparent=request.traceparent,
+            tracestate=None,
+            request_id=request.id,
+            attributes={
+                "messaging.system": endpoint.broker,
+                "messaging.destination.name": endpoint.requests,
+                "messaging.operation.type": "process",
+                "messaging.message.id": request.message_id,
+                "modelport.delivery.attempt": delivery.attempts + 1,
+            },
+        )
+
+    def _log(
+        self, delivery: Delivery, outcome: _Outcome, started_ns: int, trace: ServerTrace | None
+    ) -> None:
+        request, reply = delivery.request, outcome.reply
+        endpoint = self._endpoint
+        model = (request.model if request else None) or endpoint.model
+        version = (request.version if request else None) or endpoint.version
+        if reply is not None:
+            model, version = reply.model or model, reply.version or version
+        access_log.record(
+            "queue",
+            "consume",
+            endpoint.requests,
+            model,
+            version,
+            outcome.status,
+            time.perf_counter_ns() - started_ns,
+            request.id if request is not None else "",
+            endpoint.broker,
+            None,
+            None if trace is None else trace.trace_id,
+        )
 
     async def _answered(
         self, delivery: Delivery, reply_to: str, reply: Reply, started: float
@@ -166,7 +249,7 @@ class QueueProcessor:
         self._observer.replied(reply.status, time.perf_counter() - started)
         return True
 
-    async def _answer(self, request: QueueRequest) -> Reply:
+    async def _answer(self, request: QueueRequest, trace: ServerTrace | None) -> Reply:
         model = request.model or self._endpoint.model
         if not model:
             raise InvalidInput(
@@ -195,4 +278,6 @@ class QueueProcessor:
         payload, header = await self._off_loop.run_if_large(
             size, encode_response, answered, output_format
         )
+        if trace is not None:
+            trace.encoded(time.perf_counter_ns())
         return Reply(request_id, answered.model_name, answered.model_version, 200, payload, header)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from modelport.frontends.rest.dashboard import STATIC_TYPES as DASHBOARD_FILES
 from modelport.frontends.rest.errors import error_headers, error_json
 from modelport.frontends.status import http_status
 from modelport.security.access import AccessControl
@@ -26,6 +27,8 @@ from modelport.security.policy import (
 )
 from modelport.security.policy import Scope as KeyScope
 
+KEY_NAME = "modelport.key"
+"""The ASGI scope's entry for the name of the API key a request came with (the access log's)."""
 RULE_CACHE_SIZE = 4096
 """Paths whose rule is remembered; past it the memory starts over (paths come from clients)."""
 _AUDIT_BODY_BYTES = 2048
@@ -53,6 +56,8 @@ class Rule:
     health: bool = False
     action: str | None = None
     """"load" / "unload": a management action, audited."""
+    public: bool = False
+    """Open even with keys: the dashboard's page and files (they hold no data)."""
 
 
 _ANY_KEY = Rule(None)
@@ -60,6 +65,7 @@ _HEALTH = Rule(None, health=True)
 _INFERENCE = Rule(KeyScope.INFERENCE)
 _METRICS = Rule(KeyScope.METRICS)
 _MANAGEMENT = Rule(KeyScope.MANAGEMENT)
+_PUBLIC = Rule(None, public=True)
 _MODEL_ROUTES: dict[str | None, KeyScope] = {
     None: KeyScope.INFERENCE,  # the model's metadata
     "ready": KeyScope.INFERENCE,
@@ -79,6 +85,21 @@ def classify(path: str) -> Rule:
         return _v2_rule(parts)
     if top == "v1" and len(parts) >= 4 and parts[2] == "models" and parts[3]:
         return _tfserving_rule(parts)
+    if top == "dashboard":
+        return _dashboard_rule(parts)
+    return _ANY_KEY
+
+
+def _dashboard_rule(parts: list[str]) -> Rule:
+    """The page (and `/dashboard/`, redirected to it) and its named files are open; a browser
+    sends no key when it navigates. Its data needs the metrics scope."""
+    count = len(parts)
+    if count == 2 or (count == 3 and not parts[2]):
+        return _PUBLIC
+    if count == 4 and parts[2] == "static" and parts[3] in DASHBOARD_FILES:
+        return _PUBLIC
+    if count == 4 and parts[2] == "api" and parts[3] == "series":
+        return _METRICS
     return _ANY_KEY
 
 
@@ -89,6 +110,8 @@ def _v2_rule(parts: list[str]) -> Rule:
     section = parts[2]
     if section == "health" and count == 4 and parts[3] in ("live", "ready"):
         return _HEALTH
+    if section == "alerts" and count == 3:
+        return _METRICS
     if section == "repository":
         if count == 4 and parts[3] == "index":
             return _MANAGEMENT
@@ -137,7 +160,7 @@ class AccessGuard:
         if rule is None:
             rule = self._remember(path)
         access = self._access
-        if not access.enabled or (rule.health and not access.protect_health):
+        if not access.enabled or rule.public or (rule.health and not access.protect_health):
             if rule.action is None:
                 await self._app(scope, receive, send)
             else:
@@ -150,6 +173,7 @@ class AccessGuard:
                 break
         try:
             principal = access.policy.authenticate(authorization)
+            scope[KEY_NAME] = principal.name
             principal.admit(rule.scope, rule.model)
         except ACCESS_REFUSALS as exc:
             access.refused(exc, _client(scope))

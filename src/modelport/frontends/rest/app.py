@@ -12,12 +12,16 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from modelport.core.alerts import AlertBoard
 from modelport.core.data_plane import DataPlane
 from modelport.core.errors import ModelportError
 from modelport.frontends.rest.access_guard import AccessGuard
+from modelport.frontends.rest.alerts import alert_routes
+from modelport.frontends.rest.dashboard import dashboard_routes
 from modelport.frontends.rest.errors import error_answer, error_headers
 from modelport.frontends.rest.infer_route import InferFastPath
 from modelport.frontends.rest.off_loop import OffLoop
+from modelport.frontends.rest.request_log import RequestLog
 from modelport.frontends.rest.tfserving import TFServingEndpoints
 from modelport.frontends.rest.v2 import JSON, V2Endpoints, error_response
 from modelport.observability.metrics import Metrics
@@ -33,8 +37,11 @@ def create_app(
     max_request_bytes: int,
     lifespan: Lifespan | None = None,
     access: AccessControl | None = None,
+    alerts: AlertBoard | None = None,
 ) -> ASGIApp:
-    """`access`: API keys, checked by AccessGuard before anything else (None: no guard)."""
+    """`access`: API keys, checked by AccessGuard before anything but RequestLog (every
+    request's id, access line and trace) (None: no guard).
+    `alerts`: what GET /v2/alerts reports (None: no such route)."""
     off_loop = OffLoop()
     v2 = V2Endpoints(plane)
     tfserving = TFServingEndpoints(plane, max_request_bytes, off_loop)
@@ -45,7 +52,14 @@ def create_app(
     routes = [
         *v2.routes(),
         *tfserving.routes(),
+        *(alert_routes(alerts) if alerts is not None else ()),
         Route("/metrics", render_metrics, methods=["GET"]),
+        *dashboard_routes(
+            plane,
+            metrics.window,
+            alerts=alerts is not None,
+            keys_required=lambda: access is not None and access.enabled,
+        ),
     ]
     app = Starlette(
         routes=routes,
@@ -57,7 +71,7 @@ def create_app(
         },
     )
     fast = InferFastPath(app, plane, max_request_bytes, off_loop)
-    return fast if access is None else AccessGuard(fast, access)
+    return RequestLog(fast if access is None else AccessGuard(fast, access), plane.tracer)
 
 
 @asynccontextmanager

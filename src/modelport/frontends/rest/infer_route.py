@@ -25,6 +25,9 @@ from modelport.frontends.rest.v2_codec import (
 
 MIN_COMPRESSED_BYTES = 1024
 """Smaller responses go out uncompressed even when the client accepts gzip: no gain, only CPU."""
+SERVED_HANDLE = "modelport.handle"
+"""The ASGI scope's entry for the ModelHandle an infer request was routed to (the access log's
+model and version)."""
 _JSON = [(b"content-type", b"application/json")]
 _BINARY = (b"content-type", b"application/octet-stream")
 
@@ -80,7 +83,7 @@ class InferFastPath:
     async def _answer(
         self, name: str, version: str | None, scope: Scope, receive: Receive
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        handle = self._plane.resolve(name, version)
+        handle = scope[SERVED_HANDLE] = self._plane.resolve(name, version)
         fields = dict(scope["headers"])  # ASGI servers lowercase header names
         output_format = OutputFormat()
 
