@@ -374,6 +374,11 @@ class Run:
             broker = kinds[name](self.work / name)
             t0 = time.monotonic()
             self.brokers[name] = broker.start()
+            if name == "redis" and self.args.redis_fsync != "always":
+                import redis
+
+                with redis.Redis.from_url(self.brokers[name].url) as admin:
+                    admin.config_set("appendfsync", self.args.redis_fsync)
             print(
                 f"{name} up on {broker.url} (pid {broker.pid}, {time.monotonic() - t0:.1f} s)",
                 flush=True,
@@ -789,9 +794,9 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, run: Run, took:
         f"every measurement: {args.warm:g} s warm-up, then {args.dur:g} s at {args.conc} in "
         "flight",
         "- brokers: `tests/brokers.py` as the e2e tests run them (Redis with "
-        "`--appendonly yes --appendfsync always`, RabbitMQ durable queues with persistent "
-        "messages and publisher confirms, NATS JetStream with file storage), one of each for "
-        "the whole run; Celery uses database 1 of the same Redis",
+        f"`--appendonly yes --appendfsync {args.redis_fsync}`, RabbitMQ durable queues with "
+        "persistent messages and publisher confirms, NATS JetStream with file storage), one of "
+        "each for the whole run; Celery uses database 1 of the same Redis",
         "",
         "How each is measured:",
         "",
@@ -974,6 +979,13 @@ def main() -> None:
         choices=("then", "threads"),
         default="then",
         help="how the Celery client waits for results (see celery_load)",
+    )
+    parser.add_argument(
+        "--redis-fsync",
+        choices=("always", "everysec"),
+        default="always",
+        help="Redis's appendfsync: always (as the tests run it: every write on disk before the "
+        "reply) or everysec (Redis's own default for the append-only file)",
     )
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results")
     parser.add_argument("--stem", default="", help="result file name (default queues-DATE-TAG)")
