@@ -65,7 +65,6 @@ class DataPlane:
         self._manager = manager
         self.tracer = tracer
         """What frontends start their requests' traces with (core/tracing.py)."""
-        self._tracing = tracer is not None
         self._extensions = extensions
         self._strict_readiness = strict_readiness
         self._model_control = model_control
@@ -183,7 +182,7 @@ class DataPlane:
         it; a refused request (over a limit, bad body, too large, queue full, timeout, a failing
         model) is counted against the version."""
         started = time.perf_counter_ns()
-        trace = CURRENT_TRACE.get() if self._tracing else None
+        trace = CURRENT_TRACE.get() if self.tracer is not None else None
         admission = self._admit(handle, started)
         try:
             try:
@@ -209,7 +208,7 @@ class DataPlane:
         started = time.perf_counter_ns()
         handle = self._manager.resolve(request.model_name, request.model_version)
         admission = self._admit(handle, started)
-        trace = CURRENT_TRACE.get() if self._tracing else None
+        trace = CURRENT_TRACE.get() if self.tracer is not None else None
         try:
             validated = self._validate(handle, request, started)
             return await self._run(handle, validated, started, trace)

@@ -96,10 +96,15 @@ class VersionSeries:
 
     # --- recording (the request path) ---
 
+    def _advance(self) -> int:
+        """The current second, the live row turned over to it first if the second changed."""
+        now = int(self._clock.now())
+        if now != self._second:
+            self._turn(now)
+        return now
+
     def _row(self) -> list[int]:
-        second = int(self._clock.now())
-        if second != self._second:
-            self._turn(second)
+        self._advance()
         return self._live
 
     def _turn(self, second: int) -> None:
@@ -136,9 +141,7 @@ class VersionSeries:
 
     def _window_rows(self, seconds: int) -> np.ndarray:
         """Rows of the last `seconds` whole seconds before the current one, plus the current."""
-        now = int(self._clock.now())
-        if now != self._second:
-            self._turn(now)
+        now = self._advance()
         recent = (self._seconds >= now - seconds) & (self._seconds >= 0)
         return np.vstack([self._rows[recent], np.asarray(self._live, dtype=np.int64)])
 
@@ -168,9 +171,7 @@ class VersionSeries:
         for new points gets back the points it has unchanged (the dashboard)."""
         step = max(1, step)
         points = max(1, min(SLOTS, seconds) // step)
-        now = int(self._clock.now())
-        if now != self._second:
-            self._turn(now)
+        now = self._advance()
         # point k covers (end_k - step, end_k]; the last ends with the current second, or
         # with whole steps before the step the current second is in
         last = (now // step) * step - 1 if whole_steps else now

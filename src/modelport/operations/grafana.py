@@ -15,6 +15,7 @@ from typing import Any
 from modelport.core.config import ModelConfig
 from modelport.core.slo_config import SloConfig
 from modelport.operations.prometheus_rules import (
+    BY,
     FAILURE,
     LATENCY_BUCKETS,
     SERVER_ERRORS,
@@ -25,7 +26,6 @@ from modelport.operations.prometheus_rules import (
 SCHEMA_VERSION = 39
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 SELECTED = 'model=~"$model", version=~"$version"'
-BY = "model, version"
 LEGEND = "{{model}} v{{version}}"
 RATE = "$__rate_interval"
 WIDTH = 12

@@ -439,7 +439,9 @@ class Call:
                 request = method.request_type.FromString(payload)
             except DecodeError:
                 raise RpcError(Status.INTERNAL, "could not parse the request message") from None
-            self._note_request(request)
+            noting = access_log.wanted()  # model and version are read for its line only
+            if noting:
+                self._note_request(request)
             trace = self._trace
             if trace is not None:
                 CURRENT_TRACE.set(trace)  # this task's own context: the data plane reads it
@@ -448,7 +450,8 @@ class Call:
                 reply = await method.handler(request, self)
             else:
                 reply = await permit.run(method.handler, request, self)
-            self._version = getattr(reply, "model_version", None) or self._version
+            if noting:
+                self._version = getattr(reply, "model_version", None) or self._version
             body = frame_message(reply.SerializeToString())
             if trace is not None:
                 trace.encoded(time.perf_counter_ns())
@@ -499,7 +502,7 @@ class Call:
                     request = parse(message)
                 except DecodeError:
                     raise RpcError(Status.INTERNAL, "could not parse a request message") from None
-                if not self._parsed:
+                if not self._parsed and access_log.wanted():
                     self._note_request(request)
                 self._parsed += 1
                 yield request
