@@ -7,7 +7,7 @@ GRPC_PORT ?= 8001
 HOST ?= 127.0.0.1
 SERVE_ARGS ?=
 
-.PHONY: serve test lint format examples proto bench bench-peers bench-workers bench-ceiling bench-ab bench-queues bench-security bench-memory bench-runtimes bench-optimize bench-ray clean
+.PHONY: serve test lint format examples proto bench bench-peers bench-workers bench-ceiling bench-ab bench-queues bench-security bench-memory bench-runtimes bench-optimize bench-ray bench-attacks bench-transport clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "modelport needs Python 3.11+"'
@@ -90,6 +90,17 @@ bench-queues: $(VENV)/.installed-dev
 bench-ray: $(VENV)/.installed-dev
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	$(BIN)/python benchmarks/ray_serve.py --tag $${TAG:-run} --rounds $${ROUNDS:-3} --dur $${DURATION:-10}
+
+# a well-behaved gRPC client's p50/p99 while each HTTP/2 attack of issue 19 runs, against quiet
+# windows in alternating rounds (server on CPU 0, clients on CPU 1)
+bench-attacks: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/attacks.py --tag $${TAG:-run} --rounds $${ROUNDS:-3} --dur $${DURATION:-5}
+
+# the HTTP/2 transport's floor: canned unary gRPC calls/s at concurrency 1 and 32, our server vs an
+# h2-library connection behind the same seam vs grpc.aio, alternating rounds, h2load as the client
+bench-transport: $(VENV)/.installed-dev
+	command -v h2load >/dev/null || (apt-get update && apt-get install -y nghttp2-client)
+	$(BIN)/python benchmarks/transport_floor.py --tag $${TAG:-run} --rounds $${ROUNDS:-5} --dur $${DURATION:-8}
 
 # memory and start-up with both bench models in one server, next to MLServer (setup.sh mlserver)
 bench-memory: $(VENV)/.installed-dev

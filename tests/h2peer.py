@@ -21,8 +21,9 @@ import hpack
 from google.protobuf.wrappers_pb2 import BytesValue
 
 from modelport.core.errors import InvalidInput
+from modelport.frontends.budgets import ByteBudget
 from modelport.frontends.grpc.http2 import frames as f
-from modelport.frontends.grpc.http2.connection import Connection
+from modelport.frontends.grpc.http2.connection import Connection, Shared
 from modelport.frontends.grpc.http2.limits import Http2Limits
 from modelport.frontends.grpc.rpc import Dispatcher, Method, frame_message
 
@@ -31,7 +32,8 @@ TICK, BAD = (b"/t.S/Tick", b"/t.S/Bad")
 
 
 class FakeTransport:
-    def __init__(self) -> None:
+    def __init__(self, address: str = "127.0.0.1") -> None:
+        self.address = address
         self.out = bytearray()
         self.closed = False
         self.reading = True
@@ -47,6 +49,12 @@ class FakeTransport:
 
     def is_closing(self) -> bool:
         return self.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return (self.address, 50000) if name == "peername" else default
+
+    def get_write_buffer_size(self) -> int:
+        return 0
 
     def pause_reading(self) -> None:
         self.reading = False
@@ -124,11 +132,22 @@ class Peer:
         max_message: int = 1 << 20,
         client_settings: dict[int, int] | None = None,
         max_connection_bytes: int | None = None,
+        shared: Shared | None = None,
+        pending: ByteBudget | None = None,
+        address: str = "127.0.0.1",
     ) -> None:
+        """`shared`, `pending`: budgets shared with other peers (as a server's connections do)."""
         self.service = Service()
-        self.dispatcher = Dispatcher(self.service.methods(), max_message, max_connection_bytes)
-        self.server = Connection(self.dispatcher, limits or Http2Limits())
-        self.transport = FakeTransport()
+        limits = limits or Http2Limits()
+        self.dispatcher = Dispatcher(
+            self.service.methods(),
+            max_message,
+            max_connection_bytes,
+            pending=pending,
+            stall_timeout=limits.stall_timeout,
+        )
+        self.server = Connection(self.dispatcher, limits, shared=shared)
+        self.transport = FakeTransport(address)
         self.server.connection_made(self.transport)  # type: ignore[arg-type]
         config = h2.config.H2Configuration(client_side=True, header_encoding=None)
         self.client = h2.connection.H2Connection(config)
@@ -193,6 +212,7 @@ class Peer:
             reply["trailers"] = dict(event.headers)
         elif isinstance(event, h2.events.StreamReset):
             reply["reset"] = event.error_code
+            self.pending.pop(stream_id, None)  # the rest of its body cannot be sent
 
     def call(
         self,
@@ -296,8 +316,8 @@ def request_block(peer: Peer, path: bytes) -> bytes:
     )
 
 
-def raw_peer(limits: Http2Limits | None = None) -> Peer:
+def raw_peer(limits: Http2Limits | None = None, shared: Shared | None = None) -> Peer:
     """A peer whose preface and SETTINGS went out, for hand-made frames after them."""
-    peer = Peer(limits)
+    peer = Peer(limits, shared=shared)
     peer.server.data_received(peer.client.data_to_send())
     return peer

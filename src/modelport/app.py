@@ -19,10 +19,12 @@ from modelport.core.data_plane import DataPlane
 from modelport.core.manager import ModelManager
 from modelport.core.tracing import Tracer
 from modelport.core.validate import Limits
+from modelport.frontends.budgets import Budgets, ByteBudget
+from modelport.frontends.grpc.http2.limits import Http2Limits
 from modelport.frontends.grpc.server import GrpcServer
+from modelport.frontends.off_loop import OffLoop
 from modelport.frontends.queue.service import QueueService
 from modelport.frontends.rest import create_app
-from modelport.frontends.rest.off_loop import OffLoop
 from modelport.observability.access_metrics import AccessMetrics
 from modelport.observability.alert_metrics import AlertMetrics
 from modelport.observability.metrics import Metrics
@@ -31,6 +33,7 @@ from modelport.observability.queue_metrics import (
     QueueMetrics,
     queue_metrics,
 )
+from modelport.observability.transport_metrics import TransportRefusals
 from modelport.observability.window import WindowStore
 from modelport.operations.alerting import AlertService
 from modelport.operations.webhooks import WebhookSender
@@ -55,6 +58,10 @@ class Application:
     metrics: Metrics
     http: ASGIApp
     queues: QueueService
+    budgets: Budgets
+    """Connection caps per port and the bytes of requests still arriving, both ports'."""
+    refusals: TransportRefusals
+    """Counts and logs what the ports' transport limits refuse (`for_port("http")`)."""
     tls: ServerTls | None = None
     """Both ports' TLS contexts (--tls-cert); serving.py reloads them on SIGHUP."""
 
@@ -77,6 +84,8 @@ def build(settings: ServerSettings, grpc_socket: socket.socket | None = None) ->
     tls = ServerTls(tls_files) if tls_files is not None else None  # TlsError names a bad file
     window = WindowStore()
     metrics = Metrics(multiprocess=one_of_several, window=window)
+    budgets = Budgets.create(settings.max_connections, settings.pending_bytes_limit())
+    refusals = TransportRefusals(metrics.registry)
     access = AccessControl.from_sources(
         settings.api_keys,
         settings.env_api_key(),
@@ -102,11 +111,12 @@ def build(settings: ServerSettings, grpc_socket: socket.socket | None = None) ->
     )
     # the families exist only when some queue does: /metrics shows no empty broker series
     families = queue_metrics(metrics) if settings.queue else None
+    off_loop = OffLoop()  # worker-thread slots for large bodies and compression, all frontends
     queues = QueueService(
         plane,
         settings.queue_endpoints(),
         lambda label: QueueMetrics(_present(families), label),
-        OffLoop(),
+        off_loop,
     )
 
     @asynccontextmanager
@@ -126,6 +136,16 @@ def build(settings: ServerSettings, grpc_socket: socket.socket | None = None) ->
             sock=grpc_socket,
             access=access,
             tls=tls.grpc.listener if tls is not None else None,
+            limits=Http2Limits(
+                preface_timeout=settings.header_timeout,
+                stall_timeout=settings.stall_timeout,
+                idle_timeout=settings.idle_timeout,
+            ),
+            connections=budgets.grpc,
+            pending=budgets.pending,
+            answers=ByteBudget(settings.pending_bytes_limit()),
+            refused=refusals.for_port("grpc"),
+            off_loop=off_loop,
         )
         if one_of_several:
             await _load(plane, poller)
@@ -163,8 +183,9 @@ def build(settings: ServerSettings, grpc_socket: socket.socket | None = None) ->
         lifespan=lifespan,
         access=access,
         alerts=alerting,
+        off_loop=off_loop,
     )
-    return Application(settings, plane, metrics, http, queues, tls=tls)
+    return Application(settings, plane, metrics, http, queues, budgets, refusals, tls=tls)
 
 
 def _alert_service(

@@ -56,15 +56,25 @@ def run_server(
     import uvicorn
 
     from modelport.app import build
+    from modelport.frontends.rest.http1 import Http1Limits, protocol_class
 
     application = build(settings, grpc_socket=grpc_socket)
     tls = application.tls
+    http_protocol = protocol_class(
+        Http1Limits(
+            header_timeout=settings.header_timeout,
+            stall_timeout=settings.stall_timeout,
+            connections=application.budgets.http,
+            pending=application.budgets.pending,
+            on_refused=application.refusals.for_port("http"),
+        )
+    )
     config = uvicorn.Config(
         application.http,
         host=settings.host,
         port=settings.http_port,
         loop="uvloop",
-        http="httptools",
+        http=http_protocol,  # httptools with our limits (frontends/rest/http1.py)
         access_log=False,
         log_config=None,
         log_level=settings.log_level,

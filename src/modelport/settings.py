@@ -64,6 +64,24 @@ class ServerSettings(BaseSettings):
     MODELPORT_ALERT_WEBHOOK is comma-separated)."""
     slo_interval: float = Field(default=5.0, gt=0, le=300)
     """Seconds between evaluations of the models' SLOs (--slo-interval)."""
+    max_connections: int | None = Field(default=None, ge=1)
+    """Open connections per port; past it a client is refused politely. None: an equal share
+    of the process's descriptor limit, at most 10,000 (frontends/budgets.py)."""
+    max_pending_bytes: int | None = Field(default=None, ge=1024)
+    """Bytes of requests still arriving, over all connections of both ports (and, separately,
+    of gRPC answers waiting for a client's window). None: 4x max_request_bytes, at least 256 MiB."""
+    header_timeout: float = Field(default=10.0, gt=0, le=300)
+    """Seconds a client has to send a request's headers (HTTP/1.1), or its TLS handshake and the
+    HTTP/2 preface and SETTINGS."""
+    stall_timeout: float = Field(default=10.0, gt=0, le=600)
+    """Seconds a request body, an HTTP/2 frame or a gRPC message may stall half sent."""
+    idle_timeout: float = Field(default=300.0, gt=0, le=86400)
+    """Seconds an HTTP/2 connection may stay open with no call in progress (then GOAWAY)."""
+
+    def pending_bytes_limit(self) -> int:
+        if self.max_pending_bytes is not None:
+            return self.max_pending_bytes
+        return max(256 << 20, 4 * self.max_request_bytes)
 
     @field_validator("queue", mode="before")
     @classmethod

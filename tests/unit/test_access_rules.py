@@ -14,8 +14,8 @@ from tritonclient.grpc import service_pb2
 
 from modelport.core.data_plane import DataPlane
 from modelport.frontends.grpc.access import method_rules
+from modelport.frontends.off_loop import OffLoop
 from modelport.frontends.rest.access_guard import Rule, classify
-from modelport.frontends.rest.off_loop import OffLoop
 from modelport.frontends.rest.tfserving import TFServingEndpoints
 from modelport.frontends.rest.v2 import V2Endpoints
 from modelport.security.policy import DIGEST_PREFIX, KeyPolicy, KeyRefused, Principal, Scope

@@ -12,11 +12,11 @@ import orjson
 import pytest
 
 from modelport.core.data_plane import DataPlane
+from modelport.frontends.off_loop import OffLoop
 from modelport.frontends.queue.contract import QueueRequest, Reply
 from modelport.frontends.queue.endpoint import EndpointError, parse_endpoint, parse_endpoints
 from modelport.frontends.queue.processor import QueueProcessor
 from modelport.frontends.queue.transport import ReplyRefused
-from modelport.frontends.rest.off_loop import OffLoop
 from tests.fakes import Core, make_core
 
 GOOD = orjson.dumps(

@@ -304,9 +304,9 @@ def test_tracing_off_by_default_never_imports_opentelemetry(tmp_path: Any) -> No
 def test_a_queue_message_continues_its_traceparent_field_and_gets_an_access_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    from modelport.frontends.off_loop import OffLoop
     from modelport.frontends.queue.endpoint import parse_endpoint
     from modelport.frontends.queue.processor import QueueProcessor
-    from modelport.frontends.rest.off_loop import OffLoop
     from tests.unit.test_queue_processor import Counts, FakeDelivery, FakeTransport, request
 
     async def scenario(core: Core, plane: DataPlane, tracer: OtelTracer) -> Any:

@@ -140,6 +140,39 @@ def cli() -> None:
     help="Seconds between SLO evaluations (default 5).",
 )
 @click.option(
+    "--max-connections",
+    type=int,
+    default=None,
+    help="Open connections per port; more are refused politely (default: an equal share of "
+    "the descriptor limit, at most 10000).",
+)
+@click.option(
+    "--max-pending-bytes",
+    type=int,
+    default=None,
+    help="Bytes of requests still arriving, over all connections of both ports; past it new "
+    "ones get 503 / UNAVAILABLE (default 4x --max-request-size, at least 256 MiB).",
+)
+@click.option(
+    "--header-timeout",
+    type=float,
+    default=None,
+    help="Seconds a client has to send a request's headers, or TLS handshake and HTTP/2 "
+    "preface (default 10).",
+)
+@click.option(
+    "--stall-timeout",
+    type=float,
+    default=None,
+    help="Seconds a request body, HTTP/2 frame or gRPC message may stall half sent (default 10).",
+)
+@click.option(
+    "--idle-timeout",
+    type=float,
+    default=None,
+    help="Seconds a gRPC connection may stay open with no call in progress (default 300).",
+)
+@click.option(
     "--log-level",
     default=None,
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),

@@ -164,8 +164,8 @@ class ModelManager:
         text; raises if a version failed."""
         config = None
         if config_text is not None:
-            try:
-                config = self._source.parse_config(config_text, name)
+            try:  # in a thread: a large config takes PyYAML seconds, which the loop must not
+                config = await asyncio.to_thread(self._source.parse_config, config_text, name)
             except ValueError as exc:
                 raise InvalidInput(str(exc)) from None
         failures = await self.sync(name, config)

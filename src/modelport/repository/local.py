@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import stat
 from pathlib import Path
 
 from modelport.core.config import MAX_CONFIG_BYTES, ModelConfig
 from modelport.core.errors import ModelNotFound
 from modelport.core.manager import ModelDefinition
 from modelport.repository.config_file import parse_config
+from modelport.repository.nesting import check_nesting
 from modelport.repository.paths import VERSION_DIR, inside, is_model_name, model_dir
+from modelport.repository.safe_yaml import check_bounded
 from modelport.repository.triton_pbtxt import PbtxtError, parse_pbtxt, to_model_config
 
 log = logging.getLogger("modelport.repository")
@@ -80,31 +83,42 @@ class LocalRepository:
         return versions
 
     def _config(self, directory: Path, name: str) -> ModelConfig:
+        """The model's config; ValueError (the model's load error) for any file that cannot be
+        read or used, so one bad model never keeps the others from loading."""
+        try:
+            return self._read_config(directory, name)
+        except OSError as exc:
+            what = Path(exc.filename).name if exc.filename else "the config"
+            raise ValueError(f"cannot read {what}: {exc.strerror or exc}") from None
+        except RecursionError:
+            raise ValueError("the config nests too deeply to be read") from None
+
+    def _read_config(self, directory: Path, name: str) -> ModelConfig:
         path = directory / CONFIG_FILE
         triton = directory / TRITON_CONFIG_FILE
-        if path.exists() and triton.exists():
+        if _present(path) and _present(triton):
             raise ValueError(f"both {CONFIG_FILE} and {TRITON_CONFIG_FILE} exist; keep one")
-        if triton.exists():
+        if _present(triton):
             return self._triton_config(triton, name)
-        if not path.exists():
+        if not _present(path):
             return ModelConfig(name=name)
         if not inside(self.root, path):
             raise ValueError(f"{CONFIG_FILE} links outside the model repository")
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ValueError(f"{CONFIG_FILE} is larger than {MAX_CONFIG_BYTES} bytes")
+        _check_file(path)
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
             raise ValueError(f"{CONFIG_FILE} is not valid UTF-8: {exc}") from None
+        check_bounded(text, what=CONFIG_FILE)  # depth, aliases: before PyYAML recurses
         return parse_config(text, name, CONFIG_FILE)
 
     def _triton_config(self, path: Path, name: str) -> ModelConfig:
         if not inside(self.root, path):
             raise ValueError(f"{TRITON_CONFIG_FILE} links outside the model repository")
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ValueError(f"{TRITON_CONFIG_FILE} is larger than {MAX_CONFIG_BYTES} bytes")
+        _check_file(path)
         try:
             fields = parse_pbtxt(path.read_text(encoding="utf-8"))
+            check_nesting(fields, TRITON_CONFIG_FILE)
             config, ignored = to_model_config(fields, name)
         except (PbtxtError, UnicodeDecodeError) as exc:
             raise ValueError(f"invalid {TRITON_CONFIG_FILE}: {exc}") from None
@@ -116,6 +130,20 @@ class LocalRepository:
         if ignored:
             log.info("model %s: %s fields not used: %s", name, TRITON_CONFIG_FILE, ignored)
         return config
+
+
+def _present(path: Path) -> bool:
+    """A link to nothing is there too (and fails to read), not silently no config at all."""
+    return path.exists() or path.is_symlink()
+
+
+def _check_file(path: Path) -> None:
+    """A regular file of at most MAX_CONFIG_BYTES (a directory or a FIFO is refused unread)."""
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{path.name} is not a regular file")
+    if info.st_size > MAX_CONFIG_BYTES:
+        raise ValueError(f"{path.name} is larger than {MAX_CONFIG_BYTES} bytes")
 
 
 def fingerprint(directory: Path) -> str:

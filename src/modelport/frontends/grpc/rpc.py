@@ -30,11 +30,13 @@ from google.protobuf.message_factory import GetMessageClass
 
 from modelport.core.errors import ModelportError, RateLimited, public_error
 from modelport.core.tracing import CURRENT_TRACE, ServerTrace, Tracer
-from modelport.frontends.compression import decode_body
+from modelport.frontends.budgets import ByteBudget
+from modelport.frontends.compression import decode_body_off_loop
 from modelport.frontends.grpc.access import CallPermit, GrpcGuard
 from modelport.frontends.grpc.http2.connection import Connection
 from modelport.frontends.grpc.http2.frames import STATUS_200, hpack_literal, hpack_status
-from modelport.frontends.grpc.http2.headers import Headers
+from modelport.frontends.grpc.http2.header_rules import Headers
+from modelport.frontends.off_loop import OffLoop
 from modelport.frontends.status import grpc_code_name
 from modelport.observability import access_log
 
@@ -82,6 +84,13 @@ _MAX_STATUS_MESSAGE = 1024
 _TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 _HOLD_MESSAGES = 32
 _HOLD_BYTES = 4 << 20
+_MESSAGE_RATE = 1 << 20
+"""Bytes per second a request message must arrive at, beyond its stall_timeout, to finish in
+time: a 64 MiB message gets 64 s more."""
+_NO_ROOM = (
+    "answers waiting for this client's flow-control window already fill this connection's "
+    "or the server's budget"
+)
 _TRACED_METHODS = frozenset({"ModelInfer", "ModelStreamInfer"})
 _MODEL_FIELDS = ("model_name", "name")
 _VERSION_FIELDS = ("model_version", "version")
@@ -164,15 +173,24 @@ class Dispatcher:
         max_connection_bytes: int | None = None,
         guard: GrpcGuard | None = None,
         tracer: Tracer | None = None,
+        pending: ByteBudget | None = None,
+        stall_timeout: float = 10.0,
+        off_loop: OffLoop | None = None,
     ) -> None:
         """`guard`: API keys, checked when a stream's headers arrive (None: no checks);
-        `tracer`: traces sampled inference calls (None: no tracing)."""
+        `tracer`: traces sampled inference calls (None: no tracing); `pending`: bytes of
+        requests still arriving over the whole server (shared with the HTTP port);
+        `stall_timeout`: how long a request message may stall half sent; `off_loop`: where
+        large compressed messages are inflated."""
         self._methods = methods
         self._guard = guard
         self._tracer = tracer
         self.max_message_bytes = max_message_bytes
         self.max_connection_bytes = max_connection_bytes or max(2 * max_message_bytes, 64 << 20)
         """Unfinished request bytes one connection may hold (many streams, none finished)."""
+        self.pending = pending or ByteBudget(1 << 62)
+        self.stall_timeout = stall_timeout
+        self.off_loop = off_loop or OffLoop()
 
     def __call__(self, connection: Connection, stream_id: int, headers: Headers) -> Any:
         started = time.perf_counter_ns()
@@ -247,6 +265,7 @@ class Call:
     """One RPC. Handlers receive it as their context (`time_remaining()`, `admit(model)`)."""
 
     __slots__ = (
+        "_arrived",
         "_buffer",
         "_connection",
         "_counted",
@@ -265,6 +284,7 @@ class Call:
         "_permit",
         "_queued_bytes",
         "_request_id",
+        "_stall",
         "_started",
         "_stream_id",
         "_task",
@@ -308,6 +328,8 @@ class Call:
         self._trace: ServerTrace | None = None
         self._model = self._version = ""
         self._parsed = 0  # request messages taken by the handler
+        self._arrived = 0  # request messages complete
+        self._stall: asyncio.TimerHandle | None = None  # a request message half arrived
         if method.streaming:
             self._start(self._run_stream())
 
@@ -351,13 +373,25 @@ class Call:
         # against the connection's budget; a stream's complete messages are bounded by the
         # window it is given back (_release_window).
         self._count(len(buffer) + (0 if self._method.streaming else self._queued_bytes))
-        if self._connection.buffered > self._dispatcher.max_connection_bytes:
+        dispatcher = self._dispatcher
+        if self._connection.buffered > dispatcher.max_connection_bytes:
+            self._connection.refused("connection_bytes")
             self._fail(
                 Status.RESOURCE_EXHAUSTED,
-                f"this connection holds more than {self._dispatcher.max_connection_bytes} bytes "
+                f"this connection holds more than {dispatcher.max_connection_bytes} bytes "
                 "of requests still arriving",
             )
             return
+        if dispatcher.pending.held > dispatcher.pending.limit:
+            self._connection.refused("pending_bytes")
+            self._fail(
+                Status.UNAVAILABLE,
+                f"the server holds more than {dispatcher.pending.limit} bytes of requests "
+                "still arriving; try again",
+            )
+            return
+        if buffer and self._stall is None:
+            self._watch_message()
         if not self._method.streaming:
             self._connection.consumed(self._stream_id, arrived)  # one message, bounded by limit
             if len(self._messages) > 1:
@@ -389,13 +423,17 @@ class Call:
                 return None
             if end - pos - 5 < size:
                 break
-            message = bytes(view[pos + 5 : pos + 5 + size])
-            if compressed:
-                decompressed = self._decompress(message)
-                if decompressed is None:
+            if compressed:  # inflated when the handler takes it, off the loop if large
+                if self._encoding == "identity":
+                    self._fail(
+                        Status.INTERNAL, "a compressed message arrived without grpc-encoding"
+                    )
                     return None
-                message = decompressed
+                message: bytes = _Compressed(view[pos + 5 : pos + 5 + size])
+            else:
+                message = bytes(view[pos + 5 : pos + 5 + size])
             pos += 5 + size
+            self._arrived += 1
             self._messages.append(message)
             self._queued_bytes += len(message)
         return pos
@@ -417,26 +455,57 @@ class Call:
     def reset(self) -> None:
         finished = self._finished
         self._close()
-        if self._task is not None:
-            self._task.cancel()
+        self._cancel_task()
         if not finished:
             self._done(Status.CANCELLED)
 
     # -- running -----------------------------------------------------------------------------------
 
     def _count(self, total: int) -> None:
-        """This call's share of connection.buffered is now `total` bytes."""
-        self._connection.buffered += total - self._counted
+        """This call's share of connection.buffered (and of the server's pending bytes) is now
+        `total` bytes."""
+        change = total - self._counted
+        self._connection.buffered += change
+        self._dispatcher.pending.held += change
         self._counted = total
+
+    def _watch_message(self) -> None:
+        """A message has begun to arrive: it must be complete within stall_timeout, plus a
+        second per MiB it declares."""
+        buffer = self._buffer
+        declared = int.from_bytes(buffer[1:5], "big") if len(buffer) >= 5 else 0
+        allowed = self._dispatcher.stall_timeout + declared / _MESSAGE_RATE
+        self._stall = self._loop.call_later(allowed, self._stalled, self._arrived, allowed)
+
+    def _stalled(self, arrived: int, allowed: float) -> None:
+        self._stall = None
+        if not self._buffer or self._finished:
+            return
+        if self._arrived != arrived:  # that message came; the one arriving now is the next
+            self._watch_message()
+            return
+        self._connection.refused("message_stall")
+        self._fail(
+            Status.DEADLINE_EXCEEDED,
+            f"a request message stalled: {len(self._buffer)} bytes arrived in {allowed:g} s",
+        )
 
     def _start(self, work: Any) -> None:
         self._task = self._loop.create_task(work)
+
+    def _cancel_task(self) -> None:
+        """Cancel the handler's task and let go of it: the task keeps its cancellation's
+        traceback, whose frames hold this call, so keeping the task would make a cycle that
+        only a full garbage collection frees (a reset flood would pile them up)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
 
     async def _run_unary(self, payload: bytes) -> None:
         method = self._method
         try:
             try:
-                request = method.request_type.FromString(payload)
+                request = method.request_type.FromString(await self._inflated(payload))
             except DecodeError:
                 raise RpcError(Status.INTERNAL, "could not parse the request message") from None
             noting = access_log.wanted()  # model and version are read for its line only
@@ -458,11 +527,15 @@ class Call:
         except Exception as exc:
             self._fail(*_status_of(exc))
             return
+        finally:
+            self._task = None  # done: see _cancel_task
         if self._finished:
             return
-        self._close()
         headers = RESPONSE_HEADERS + _request_id_field(self._request_id)
-        self._connection.respond(self._stream_id, headers, body, TRAILERS_OK)
+        if not self._connection.respond(self._stream_id, headers, body, TRAILERS_OK):
+            self._end(Status.RESOURCE_EXHAUSTED, _NO_ROOM)
+            return
+        self._close()
         self._done(Status.OK)
 
     async def _run_stream(self) -> None:
@@ -482,13 +555,16 @@ class Call:
                         answer = getattr(reply, "infer_response", None)
                         if not self._version and answer is not None:
                             self._version = answer.model_version
-                    connection.send_data(self._stream_id, body)
+                    if not connection.send_data(self._stream_id, body):
+                        raise RpcError(Status.RESOURCE_EXHAUSTED, _NO_ROOM)
                     # the handler's next reply waits while the peer leaves its window closed
                     await connection.writable(self._stream_id)
         except Exception as exc:
             status, message, extra = _status_of(exc)
         else:
             status, message, extra = Status.OK, "", b""
+        finally:
+            self._task = None  # done: see _cancel_task
         self._end(status, message, extra)
 
     async def _requests(self) -> AsyncIterator[Message]:
@@ -498,6 +574,8 @@ class Call:
                 message = self._messages.popleft()
                 self._queued_bytes -= len(message)
                 self._release_window()
+                self._connection.delivered()
+                message = await self._inflated(message)
                 try:
                     request = parse(message)
                 except DecodeError:
@@ -518,15 +596,15 @@ class Call:
             self._connection.consumed(self._stream_id, self._held)
             self._held = 0
 
-    def _decompress(self, message: bytes) -> bytes | None:
-        if self._encoding == "identity":
-            self._fail(Status.INTERNAL, "a compressed message arrived without grpc-encoding")
-            return None
-        try:
-            return decode_body(message, self._encoding, self._dispatcher.max_message_bytes)
-        except ModelportError as exc:
-            self._fail(*_status_of(exc))
-            return None
+    async def _inflated(self, message: bytes) -> bytes:
+        """The message as the handler needs it: inflated (bounded by the message limit) if it
+        came compressed; in a worker thread when it is large (frontends/compression.py)."""
+        if type(message) is not _Compressed:
+            return message
+        dispatcher = self._dispatcher
+        return await decode_body_off_loop(
+            message, self._encoding, dispatcher.max_message_bytes, dispatcher.off_loop
+        )
 
     # -- finishing ---------------------------------------------------------------------------------
 
@@ -534,8 +612,8 @@ class Call:
         """End the call with an error status (once); a peer still sending is told to stop."""
         if self._finished:
             return
-        if self._task is not None and self._task is not asyncio.current_task():
-            self._task.cancel()
+        if self._task is not asyncio.current_task():
+            self._cancel_task()
         self._end(status, message, extra)
 
     def _end(self, status: Status, message: str, extra: bytes = b"") -> None:
@@ -587,11 +665,18 @@ class Call:
     def _close(self) -> None:
         self._finished = True
         self._count(0)
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+
+class _Compressed(bytes):
+    """A request message still compressed (grpc-encoding), as queued for its handler."""
 
 
 def _request_id_field(request_id: str) -> bytes:

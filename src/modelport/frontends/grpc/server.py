@@ -6,14 +6,18 @@ import asyncio
 import logging
 import socket
 import ssl
+from collections.abc import Callable
+from dataclasses import replace
 
 from modelport.core.data_plane import DataPlane
+from modelport.frontends.budgets import ByteBudget, ConnectionCap
 from modelport.frontends.grpc.access import GrpcGuard
 from modelport.frontends.grpc.generated import inference_pb2 as pb
-from modelport.frontends.grpc.http2.connection import Connection
+from modelport.frontends.grpc.http2.connection import Connection, Shared
 from modelport.frontends.grpc.http2.limits import Http2Limits
 from modelport.frontends.grpc.rpc import Dispatcher, service_methods
 from modelport.frontends.grpc.servicer import InferenceServicer
+from modelport.frontends.off_loop import OffLoop
 from modelport.security.access import AccessControl
 
 log = logging.getLogger("modelport.grpc")
@@ -32,14 +36,34 @@ class GrpcServer:
         sock: socket.socket | None = None,
         access: AccessControl | None = None,
         tls: ssl.SSLContext | None = None,
+        limits: Http2Limits | None = None,
+        connections: ConnectionCap | None = None,
+        pending: ByteBudget | None = None,
+        answers: ByteBudget | None = None,
+        refused: Callable[[str], None] | None = None,
+        off_loop: OffLoop | None = None,
     ) -> None:
         """`sock`: an already listening socket (shared by several workers) instead of binding;
         `access`: API keys, checked on each call (None: no checks); `tls`: serve TLS with this
-        context (which offers ALPN h2)."""
+        context (which offers ALPN h2); `limits`: HTTP/2's (its max_connection_bytes is set
+        from max_message_bytes); `connections`: this port's cap; `pending`: bytes of requests
+        still arriving, server-wide (shared with the HTTP port); `answers`: bytes of answers
+        waiting for clients' windows, server-wide; `refused(limit)`: hears of each client a
+        limit refused or cut off; `off_loop`: where large compressed messages are inflated."""
         methods = service_methods(InferenceServicer(plane), SERVICE)
         guard = None if access is None else GrpcGuard(access, SERVICE)
-        self._dispatcher = Dispatcher(methods, max_message_bytes, guard=guard, tracer=plane.tracer)
-        self._limits = Http2Limits()
+        limits = limits or Http2Limits()
+        self._dispatcher = Dispatcher(
+            methods,
+            max_message_bytes,
+            guard=guard,
+            tracer=plane.tracer,
+            pending=pending,
+            stall_timeout=limits.stall_timeout,
+            off_loop=off_loop,
+        )
+        self._limits = replace(limits, max_connection_bytes=self._dispatcher.max_connection_bytes)
+        self._shared = Shared(self._limits, connections, answers, refused)
         self._host = host
         self._port = port
         self._sock = sock
@@ -74,7 +98,11 @@ class GrpcServer:
         # and would otherwise stay in the set for good
         connections = self._connections
         return Connection(
-            self._dispatcher, self._limits, connections.discard, on_opened=connections.add
+            self._dispatcher,
+            self._limits,
+            connections.discard,
+            on_opened=connections.add,
+            shared=self._shared,
         )
 
     async def stop(self, grace: float) -> None:

@@ -14,10 +14,10 @@ from modelport.core.errors import InvalidInput, ModelportError, RateLimited, pub
 from modelport.core.tracing import CURRENT_TRACE, ServerTrace
 from modelport.core.types import InferResponse
 from modelport.core.validate import InputGuard, ValidatedRequest
+from modelport.frontends.off_loop import OffLoop
 from modelport.frontends.queue.contract import TRANSIENT, QueueRequest, Reply
 from modelport.frontends.queue.endpoint import QueueEndpoint
 from modelport.frontends.queue.transport import Delivery, ReplyRefused, Transport
-from modelport.frontends.rest.off_loop import OffLoop
 from modelport.frontends.rest.v2_codec import (
     OutputFormat,
     decode_request,

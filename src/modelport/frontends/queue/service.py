@@ -8,11 +8,11 @@ import logging
 from collections.abc import Callable
 
 from modelport.core.data_plane import DataPlane, IndexRow
+from modelport.frontends.off_loop import OffLoop
 from modelport.frontends.queue.consumer import QueueConsumer
 from modelport.frontends.queue.endpoint import QueueEndpoint
 from modelport.frontends.queue.processor import QueueObserver, QueueProcessor
 from modelport.frontends.queue.transport import Transport
-from modelport.frontends.rest.off_loop import OffLoop
 
 log = logging.getLogger("modelport.queue")
 

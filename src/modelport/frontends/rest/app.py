@@ -15,12 +15,12 @@ from starlette.types import ASGIApp
 from modelport.core.alerts import AlertBoard
 from modelport.core.data_plane import DataPlane
 from modelport.core.errors import ModelportError
+from modelport.frontends.off_loop import OffLoop
 from modelport.frontends.rest.access_guard import AccessGuard
 from modelport.frontends.rest.alerts import alert_routes
 from modelport.frontends.rest.dashboard import dashboard_routes
 from modelport.frontends.rest.errors import error_answer, error_headers
 from modelport.frontends.rest.infer_route import InferFastPath
-from modelport.frontends.rest.off_loop import OffLoop
 from modelport.frontends.rest.request_log import RequestLog
 from modelport.frontends.rest.tfserving import TFServingEndpoints
 from modelport.frontends.rest.v2 import JSON, V2Endpoints, error_response
@@ -38,11 +38,13 @@ def create_app(
     lifespan: Lifespan | None = None,
     access: AccessControl | None = None,
     alerts: AlertBoard | None = None,
+    off_loop: OffLoop | None = None,
 ) -> ASGIApp:
     """`access`: API keys, checked by AccessGuard before anything but RequestLog (every
     request's id, access line and trace) (None: no guard).
-    `alerts`: what GET /v2/alerts reports (None: no such route)."""
-    off_loop = OffLoop()
+    `alerts`: what GET /v2/alerts reports (None: no such route); `off_loop`: the worker-thread
+    slots for large bodies and compression (shared with the other frontends)."""
+    off_loop = off_loop or OffLoop()
     v2 = V2Endpoints(plane)
     tfserving = TFServingEndpoints(plane, max_request_bytes, off_loop)
 

@@ -13,9 +13,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from modelport.core.data_plane import DataPlane
 from modelport.core.errors import InvalidInput, PayloadTooLarge
 from modelport.core.validate import InputGuard, ValidatedRequest
-from modelport.frontends.compression import choose_encoding, decode_body, encode_body
+from modelport.frontends.compression import (
+    choose_encoding,
+    decode_body_off_loop,
+    encode_body_off_loop,
+)
+from modelport.frontends.off_loop import OFF_LOOP_BYTES, OffLoop
 from modelport.frontends.rest.errors import error_answer, error_headers, error_json
-from modelport.frontends.rest.off_loop import OFF_LOOP_BYTES, OffLoop
 from modelport.frontends.rest.v2_codec import (
     OutputFormat,
     decode_request,
@@ -90,7 +94,9 @@ class InferFastPath:
         async def decode(guard: InputGuard) -> ValidatedRequest:
             nonlocal output_format
             body = await read_body(receive, fields.get(b"content-length"), self._limit)
-            body = decode_body(body, _text(fields, b"content-encoding"), self._limit)
+            body = await decode_body_off_loop(
+                body, _text(fields, b"content-encoding"), self._limit, self._off_loop
+            )
             header_length = parse_header_length(
                 _text(fields, b"inference-header-content-length"), len(body)
             )
@@ -115,7 +121,7 @@ class InferFastPath:
         if len(payload) >= MIN_COMPRESSED_BYTES:
             encoding = choose_encoding(_text(fields, b"accept-encoding"))
             if encoding is not None:
-                payload = encode_body(payload, encoding)
+                payload = await encode_body_off_loop(payload, encoding, self._off_loop)
                 headers.append((b"content-encoding", encoding.encode()))
         return 200, headers, payload
 

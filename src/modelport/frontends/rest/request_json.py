@@ -22,6 +22,9 @@ from modelport.core.errors import InvalidInput
 from modelport.core.validate import element_count
 
 FLOAT_DATATYPES = frozenset({"FP16", "FP32", "FP64"})
+MAX_DATA_NESTING = 64
+"""Levels of nested lists a tensor's JSON data may have: one per dimension, and a tensor has at
+most 64 (numpy's limit). Deeper data is refused by name before any recursive walk of it."""
 REUSED_PARSER_BYTES = 1 << 20
 """A parser keeps buffers as large as the largest document it parsed; one per thread is reused
 for bodies up to this size, and larger ones get a parser of their own that is then dropped."""

@@ -22,8 +22,8 @@ from modelport.core.data_plane import DataPlane, ModelHandle, ModelState, Versio
 from modelport.core.errors import InvalidInput
 from modelport.core.types import DataType, InferRequest, TensorSpec
 from modelport.core.validate import InputGuard, ValidatedRequest
-from modelport.frontends.rest.off_loop import OffLoop
-from modelport.frontends.rest.request_json import parse_json_object
+from modelport.frontends.off_loop import OffLoop
+from modelport.frontends.rest.request_json import MAX_DATA_NESTING, parse_json_object
 from modelport.frontends.rest.v2 import json_response, read_body
 
 _STATE = {
@@ -119,7 +119,15 @@ def _decode_predict(
     body: bytes, handle: ModelHandle, guard: InputGuard, version: str | None
 ) -> tuple[bool, ValidatedRequest]:
     """A predict body -> (whether it used the row format, the validated request)."""
-    document = parse_json_object(body)
+    try:
+        return _decode_predict_document(parse_json_object(body), handle, guard, version)
+    except RecursionError:  # a backstop: nesting is bounded where the values are walked
+        raise InvalidInput("the request body is nested too deeply") from None
+
+
+def _decode_predict_document(
+    document: dict[str, Any], handle: ModelHandle, guard: InputGuard, version: str | None
+) -> tuple[bool, ValidatedRequest]:
     signature_name = document.get("signature_name", SIGNATURE)
     if signature_name != SIGNATURE:
         raise InvalidInput(
@@ -198,7 +206,7 @@ def _from_columns(inputs: Any, specs: dict[str, TensorSpec]) -> dict[str, np.nda
 
 def _array(value: Any, spec: TensorSpec, where: str) -> np.ndarray:
     if spec.datatype is DataType.BYTES:
-        return np.array(_decode_binary(value), dtype=object)
+        return np.array(_decode_binary(value, where), dtype=object)
     try:
         return np.array(value, dtype=spec.datatype.numpy_dtype)
     except (ValueError, TypeError, OverflowError) as exc:
@@ -207,9 +215,14 @@ def _array(value: Any, spec: TensorSpec, where: str) -> np.ndarray:
         ) from None
 
 
-def _decode_binary(value: Any) -> Any:
+def _decode_binary(value: Any, where: str, depth: int = 0) -> Any:
     if isinstance(value, list):
-        return [_decode_binary(item) for item in value]
+        if depth == MAX_DATA_NESTING:
+            raise InvalidInput(
+                f"{where}: nested deeper than {MAX_DATA_NESTING} levels (a tensor has at most "
+                f"{MAX_DATA_NESTING} dimensions)"
+            )
+        return [_decode_binary(item, where, depth + 1) for item in value]
     if isinstance(value, dict):
         if set(value) != {"b64"} or not isinstance(value["b64"], str):
             raise InvalidInput('a binary value must be written {"b64": "<base64>"}')

@@ -24,7 +24,7 @@ from modelport.core.validate import (
     integers_fit,
 )
 from modelport.frontends.raw_tensors import from_raw, to_raw
-from modelport.frontends.rest.request_json import parse_request
+from modelport.frontends.rest.request_json import MAX_DATA_NESTING, parse_request
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -55,6 +55,16 @@ def parse_header_length(value: str | None, body_length: int) -> int | None:
 
 
 def decode_request(
+    body: bytes, header_length: int | None, guard: InputGuard, model: str, version: str | None
+) -> tuple[ValidatedRequest, OutputFormat]:
+    """A v2 infer body (REST and queues) -> the validated request and how to answer it."""
+    try:
+        return _decode_request(body, header_length, guard, model, version)
+    except RecursionError:  # a backstop: nesting is bounded where the values are walked
+        raise InvalidInput("the request body is nested too deeply") from None
+
+
+def _decode_request(
     body: bytes, header_length: int | None, guard: InputGuard, model: str, version: str | None
 ) -> tuple[ValidatedRequest, OutputFormat]:
     header: bytes | memoryview
@@ -176,11 +186,15 @@ def _json_integers(name: str, datatype: DataType, data: object, parsed: np.ndarr
 
 def _json_strings(name: str, data: object, count: int) -> np.ndarray:
     flat: list[bytes] = []
-    stack = [data]
+    stack = [(data, 0)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
         if isinstance(item, list):
-            stack.extend(reversed(item))
+            if depth == MAX_DATA_NESTING:
+                raise InvalidInput(
+                    f"input '{name}': 'data' is nested deeper than {MAX_DATA_NESTING} levels"
+                )
+            stack.extend((child, depth + 1) for child in reversed(item))
         elif isinstance(item, str):
             flat.append(item.encode("utf-8"))
         else:

@@ -64,11 +64,13 @@ class ErrorCode(IntEnum):
 
 
 class ConnectionFailure(Exception):
-    """A violation that ends the connection with GOAWAY."""
+    """A violation that ends the connection with GOAWAY; `limit` names the defence that ended
+    it, for the refusal metrics (empty for protocol errors)."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str, limit: str = "") -> None:
         super().__init__(message)
         self.code = code
+        self.limit = limit
 
 
 class StreamFailure(Exception):

@@ -7,8 +7,10 @@ from typing import cast
 import hpack
 
 from modelport.frontends.grpc.http2.frames import ConnectionFailure, ErrorCode
+from modelport.frontends.grpc.http2.header_rules import Headers, request_problem
 
-Headers = list[tuple[bytes, bytes]]
+Checked = tuple[Headers, str | None]
+"""A request's header list and why it is malformed (None: it is well formed)."""
 # A block that leaves the dynamic table as it was (indexed fields, literals not indexed or
 # never indexed, as clients send `authorization`) decodes to the same headers every time until
 # the table changes: worth caching. A block that changes the table clears the cache.
@@ -22,7 +24,8 @@ class HeaderDecoder:
     def __init__(self, max_header_list_size: int, max_block: int) -> None:
         self._decoder = hpack.Decoder(max_header_list_size=max_header_list_size)
         self._max_block = max_block
-        self._cache: dict[bytes, Headers] = {}
+        self._cache: dict[bytes, Checked] = {}
+        self._known: set[tuple[bytes, bytes]] = set()  # fields found well formed
 
     def check_size(self, size: int) -> None:
         """A block still arriving in CONTINUATION frames must not grow without bound."""
@@ -30,6 +33,11 @@ class HeaderDecoder:
             raise ConnectionFailure(ErrorCode.ENHANCE_YOUR_CALM, "header block too large")
 
     def decode(self, block: bytes) -> Headers:
+        return self.decode_request(block)[0]
+
+    def decode_request(self, block: bytes) -> Checked:
+        """The headers, and why they are not a well-formed request (checked once per
+        distinct block, then cached with it)."""
         cached = self._cache.get(block)
         if cached is not None:
             return cached
@@ -42,6 +50,7 @@ class HeaderDecoder:
             headers = cast(Headers, self._decoder.decode(block, raw=True))
         except hpack.HPACKError as exc:
             raise ConnectionFailure(ErrorCode.COMPRESSION_ERROR, f"bad headers: {exc}") from None
+        checked = (headers, request_problem(headers, self._known))
         # an entry added goes to the front (even when others are evicted); a size update
         # changes maxsize
         unchanged = (
@@ -54,5 +63,5 @@ class HeaderDecoder:
         else:
             if len(self._cache) >= _CACHE_SIZE:
                 self._cache.clear()
-            self._cache[block] = headers
-        return headers
+            self._cache[block] = checked
+        return checked

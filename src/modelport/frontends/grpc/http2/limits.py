@@ -1,4 +1,4 @@
-"""What one HTTP/2 connection allows: windows, frame and header sizes, streams, idle frames."""
+"""What one HTTP/2 connection allows: windows, sizes, streams, timeouts and work budgets."""
 
 from __future__ import annotations
 
@@ -16,10 +16,35 @@ class Http2Limits:
     max_header_list_size: int = 16 << 10
     max_header_block: int = 64 << 10
     preface_timeout: float = 10.0
-    max_idle_frames: int = 10_000
-    """Frames that do no work (PING, SETTINGS, RST_STREAM, PRIORITY, empty DATA/CONTINUATION)
-    allowed since the last call that completed or the last DATA with payload; more end the
-    connection with ENHANCE_YOUR_CALM (ping floods, rapid reset)."""
+    """Seconds from accepting a connection to the client's preface and first SETTINGS (the TLS
+    handshake included)."""
+    stall_timeout: float = 10.0
+    """Seconds a frame may stay half received, or answers wait for a window that never opens."""
+    idle_timeout: float = 300.0
+    """Seconds a connection may stay open with no call in progress (then GOAWAY); it is closed
+    between one and two of these after its last call."""
+    frame_units: int = 2_000
+    """Frame work a client address may do in a burst: each frame costs a unit, SETTINGS one
+    more per setting, header blocks one more per KiB, DATA of 1 KiB or more nothing
+    (budgets.FrameWork)."""
+    frame_units_per_second: float = 1_000.0
+    call_units: float = 8.0
+    """Units a completed call gives back (a streamed message delivered gives back one)."""
+    resets: int = 200
+    """Streams a client address may open and then reset (or have refused) in a burst; more end
+    the connection with ENHANCE_YOUR_CALM (rapid reset). Shared by the address's connections."""
+    resets_per_second: float = 100.0
+    ping_interval: float = 10.0
+    """Keepalive PINGs on a connection with no call open may come this often; two that come
+    sooner are allowed, the third ends it with ENHANCE_YOUR_CALM and "too_many_pings" as gRPC
+    servers do."""
+    max_settings: int = 64
+    """Settings in one SETTINGS frame (RFC 9113 defines six; clients send a handful)."""
+    frames_per_pass: int = 256
+    """Frames handled per pass of the event loop; the rest wait for the next pass, so one
+    connection's burst cannot hold the loop from the others."""
+    max_connection_bytes: int = 64 << 20
+    """Per connection: request messages still arriving plus answers waiting for windows."""
 
     def __post_init__(self) -> None:
         if not f.DEFAULT_WINDOW <= self.connection_window <= f.MAX_WINDOW:

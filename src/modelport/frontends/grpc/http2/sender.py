@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from modelport.frontends.budgets import ByteBudget
 from modelport.frontends.grpc.http2 import frames as f
 from modelport.frontends.grpc.http2.frames import (
     ConnectionFailure,
@@ -30,10 +31,17 @@ slower than one joined write (mlp over gRPC at c=32)."""
 
 class Sender:
     def __init__(
-        self, write: Callable[[bytes | memoryview], None], ended: Callable[[Stream], None]
+        self,
+        write: Callable[[bytes | memoryview], None],
+        ended: Callable[[Stream], None],
+        waiting: ByteBudget,
     ) -> None:
+        """`waiting`: the server-wide count of answer bytes waiting for windows, which this
+        connection's `queued` is part of."""
         self._write = write
         self._ended = ended  # called once a stream's END_STREAM is written
+        self.waiting = waiting
+        self.queued = 0  # body bytes of all streams the windows have not let out
         self.window = f.DEFAULT_WINDOW  # the connection's send window
         self.initial_window = f.DEFAULT_WINDOW  # the peer's SETTINGS_INITIAL_WINDOW_SIZE
         self.frame_size = f.DEFAULT_FRAME_SIZE  # the peer's SETTINGS_MAX_FRAME_SIZE
@@ -48,14 +56,22 @@ class Sender:
         """Queue body bytes; a stream always ends with its trailers, after the last of them."""
         stream.outbound.append(memoryview(data))
         stream.queued += len(data)
+        self.queued += len(data)
+        self.waiting.held += len(data)
         self.pump(stream)
 
     def trailers(self, stream: Stream, block: bytes) -> None:
         stream.trailers = block
         self.pump(stream)
 
-    def forget(self, stream_id: int) -> None:
-        self._blocked.pop(stream_id, None)
+    def forget(self, stream: Stream) -> None:
+        """The stream is gone: what it still had queued is dropped."""
+        self._blocked.pop(stream.stream_id, None)
+        if stream.queued:
+            self.queued -= stream.queued
+            self.waiting.held -= stream.queued
+            stream.queued = 0
+            stream.outbound.clear()
 
     def grow(self, increment: int, stream: Stream | None = None) -> None:
         """WINDOW_UPDATE from the peer, for the connection (stream None) or one stream."""
@@ -103,9 +119,12 @@ class Sender:
             else:  # a view, joined once with the rest of the flush: no copy of its own
                 self._write(f.frame_header(FrameType.DATA, 0, stream.stream_id, len(piece)))
                 self._write(piece)
-            self.window -= len(piece)
-            stream.send_window -= len(piece)
-            stream.queued -= len(piece)
+            sent = len(piece)
+            self.window -= sent
+            stream.send_window -= sent
+            stream.queued -= sent
+            self.queued -= sent
+            self.waiting.held -= sent
             if rest:
                 outbound[0] = rest
             else:
