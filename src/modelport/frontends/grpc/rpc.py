@@ -372,23 +372,8 @@ class Call:
         # Bytes of messages still arriving (and a unary call's message until it runs) count
         # against the connection's budget; a stream's complete messages are bounded by the
         # window it is given back (_release_window).
-        self._count(len(buffer) + (0 if self._method.streaming else self._queued_bytes))
-        dispatcher = self._dispatcher
-        if self._connection.buffered > dispatcher.max_connection_bytes:
-            self._connection.refused("connection_bytes")
-            self._fail(
-                Status.RESOURCE_EXHAUSTED,
-                f"this connection holds more than {dispatcher.max_connection_bytes} bytes "
-                "of requests still arriving",
-            )
-            return
-        if dispatcher.pending.held > dispatcher.pending.limit:
-            self._connection.refused("pending_bytes")
-            self._fail(
-                Status.UNAVAILABLE,
-                f"the server holds more than {dispatcher.pending.limit} bytes of requests "
-                "still arriving; try again",
-            )
+        grew = self._count(len(buffer) + (0 if self._method.streaming else self._queued_bytes))
+        if grew > 0 and self._over_budget():
             return
         if buffer and self._stall is None:
             self._watch_message()
@@ -461,13 +446,38 @@ class Call:
 
     # -- running -----------------------------------------------------------------------------------
 
-    def _count(self, total: int) -> None:
+    def _count(self, total: int) -> int:
         """This call's share of connection.buffered (and of the server's pending bytes) is now
-        `total` bytes."""
+        `total` bytes; returns the change."""
         change = total - self._counted
-        self._connection.buffered += change
-        self._dispatcher.pending.held += change
-        self._counted = total
+        if change:
+            self._connection.buffered += change
+            self._dispatcher.pending.held += change
+            self._counted = total
+        return change
+
+    def _over_budget(self) -> bool:
+        """After this call's bytes grew: whether its connection or the server now holds more
+        request bytes still arriving than allowed (the call then failed)."""
+        dispatcher = self._dispatcher
+        if self._connection.buffered > dispatcher.max_connection_bytes:
+            self._connection.refused("connection_bytes")
+            self._fail(
+                Status.RESOURCE_EXHAUSTED,
+                f"this connection holds more than {dispatcher.max_connection_bytes} bytes "
+                "of requests still arriving",
+            )
+            return True
+        pending = dispatcher.pending
+        if pending.held > pending.limit:
+            self._connection.refused("pending_bytes")
+            self._fail(
+                Status.UNAVAILABLE,
+                f"the server holds more than {pending.limit} bytes of requests "
+                "still arriving; try again",
+            )
+            return True
+        return False
 
     def _watch_message(self) -> None:
         """A message has begun to arrive: it must be complete within stall_timeout, plus a
@@ -505,7 +515,9 @@ class Call:
         method = self._method
         try:
             try:
-                request = method.request_type.FromString(await self._inflated(payload))
+                if type(payload) is _Compressed:  # the test inline: no coroutine per call
+                    payload = await self._inflated(payload)
+                request = method.request_type.FromString(payload)
             except DecodeError:
                 raise RpcError(Status.INTERNAL, "could not parse the request message") from None
             noting = access_log.wanted()  # model and version are read for its line only

@@ -39,6 +39,9 @@ from modelport.frontends.grpc.http2.watchdog import Progress, Watchdog
 
 log = logging.getLogger("modelport.grpc.http2")
 
+_DATA = int(FrameType.DATA)  # plain ints for the per-frame comparisons
+_SETTINGS = int(FrameType.SETTINGS)
+
 StreamOpener = Callable[["Connection", int, Headers], StreamEvents]
 
 
@@ -263,7 +266,9 @@ class Connection(asyncio.Protocol):
         stream = self._streams.get(stream_id)
         if stream is None:
             return True
-        if not self._room_for(stream, len(data)):
+        size = len(data)
+        waits = self._write_paused or size > self._sender.window or size > stream.send_window
+        if waits and not self._room_for(stream, size):  # the check inline: it is on every call
             return False
         self._sender.data(stream, data)
         return True
@@ -279,7 +284,9 @@ class Connection(asyncio.Protocol):
         stream = self._streams.get(stream_id)
         if stream is None:
             return True
-        if not self._room_for(stream, len(body)):
+        size = len(body)
+        waits = self._write_paused or size > self._sender.window or size > stream.send_window
+        if waits and not self._room_for(stream, size):
             return False
         self._sender.headers(stream, headers)
         stream.trailers = trailers
@@ -287,6 +294,7 @@ class Connection(asyncio.Protocol):
         return True
 
     def _room_for(self, stream: Stream, size: int) -> bool:
+        """Whether `size` answer bytes, some of which must wait for a window, may be queued."""
         sender = self._sender
         waiting = size if self._write_paused else size - min(sender.window, stream.send_window)
         if waiting <= 0:
@@ -371,45 +379,54 @@ class Connection(asyncio.Protocol):
         end = len(data)
         limits = self._limits
         limit = limits.max_frame_size
-        work = self._work
-        frames = limits.frames_per_pass
+        spent = 0  # frame units, charged once per pass (a pass is at most frames_per_pass)
         self._needed = 9
-        while end - pos >= 9 and not self._closing:
-            frames -= 1
-            if frames < 0:
-                self._parse_paused = True
-                break
-            high, low, kind, flags, stream_id = f.HEADER.unpack_from(data, pos)
-            length = (high << 16) | low
-            if length > limit:
-                raise ConnectionFailure(ErrorCode.FRAME_SIZE_ERROR, f"frame of {length} bytes")
-            if end - pos - 9 < length:
-                self._needed = 9 + length
-                break
-            # the frame's cost, before any work on it: tiny DATA one unit (larger DATA moves
-            # real bytes, bounded by the windows), SETTINGS one per setting, others one per KiB
-            if kind == FrameType.DATA:
-                if length < 1024:
-                    work.units -= 1
-            elif kind == FrameType.SETTINGS:
-                if length > 6 * limits.max_settings:
-                    raise ConnectionFailure(
-                        ErrorCode.ENHANCE_YOUR_CALM, "SETTINGS frame too large", "frame_work"
-                    )
-                work.units -= 1 + length // 6
+        try:
+            for _ in range(limits.frames_per_pass):
+                if end - pos < 9 or self._closing:
+                    break
+                high, low, kind, flags, stream_id = f.HEADER.unpack_from(data, pos)
+                length = (high << 16) | low
+                if length > limit:
+                    raise ConnectionFailure(ErrorCode.FRAME_SIZE_ERROR, f"frame of {length} bytes")
+                if end - pos - 9 < length:
+                    self._needed = 9 + length
+                    break
+                # the frame's cost: tiny DATA one unit (larger DATA moves real bytes, bounded
+                # by the windows), SETTINGS one per setting, others one per KiB
+                if kind == _DATA:
+                    if length < 1024:
+                        spent += 1
+                elif kind == _SETTINGS:
+                    if length > 6 * limits.max_settings:
+                        raise ConnectionFailure(
+                            ErrorCode.ENHANCE_YOUR_CALM, "SETTINGS frame too large", "frame_work"
+                        )
+                    spent += 1 + length // 6
+                else:
+                    spent += 1 + (length >> 10)
+                self._frame(kind, flags, stream_id & 0x7FFFFFFF, view[pos + 9 : pos + 9 + length])
+                pos += 9 + length
             else:
-                work.units -= 1 + (length >> 10)
-            if work.units < 0 and not work.refill():
-                if self._budget is not None:
-                    self._budget.spent = True
-                raise ConnectionFailure(
-                    ErrorCode.ENHANCE_YOUR_CALM,
-                    "too many frames for the calls they carry",
-                    "frame_work",
-                )
-            self._frame(kind, flags, stream_id & 0x7FFFFFFF, view[pos + 9 : pos + 9 + length])
-            pos += 9 + length
+                self._parse_paused = end - pos >= 9 and not self._closing
+        except ConnectionFailure:
+            self._work.units -= spent
+            raise
+        self._charge(spent)
         return pos
+
+    def _charge(self, units: int) -> None:
+        """Spend a pass's frame units; a client out of them (after refilling) is cut off."""
+        work = self._work
+        work.units -= units
+        if work.units < 0 and not work.refill() and not self._closing:
+            if self._budget is not None:
+                self._budget.spent = True
+            raise ConnectionFailure(
+                ErrorCode.ENHANCE_YOUR_CALM,
+                "too many frames for the calls they carry",
+                "frame_work",
+            )
 
     def _frame(self, kind: int, flags: int, stream_id: int, payload: memoryview) -> None:
         if not self._settings_seen:
@@ -626,7 +643,9 @@ class Connection(asyncio.Protocol):
         self._sender.forget(stream)
         stream.wake()
         if stream.remote_closed:  # a call completed: the connection is doing real work
-            self._work.credit(self._limits.call_units)
+            work = self._work
+            if work.units < work.capacity:
+                work.units += self._limits.call_units
             self.progress.calls += 1
             self._ping_strikes = 0
         else:

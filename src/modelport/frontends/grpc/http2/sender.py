@@ -54,6 +54,24 @@ class Sender:
 
     def data(self, stream: Stream, data: bytes) -> None:
         """Queue body bytes; a stream always ends with its trailers, after the last of them."""
+        size = len(data)
+        if (
+            not stream.outbound
+            and size <= self.frame_size
+            and size <= self.window
+            and size <= stream.send_window
+        ):  # the common case, one frame the windows let out now: nothing is queued or counted
+            if size < SEPARATE_PAYLOAD_BYTES:
+                self._write(f.frame(FrameType.DATA, 0, stream.stream_id, data))
+            else:
+                self._write(f.frame_header(FrameType.DATA, 0, stream.stream_id, size))
+                self._write(data)
+            self.window -= size
+            stream.send_window -= size
+            if stream.trailers is not None:
+                block, stream.trailers = stream.trailers, None
+                self.headers(stream, block, end_stream=True)
+            return
         stream.outbound.append(memoryview(data))
         stream.queued += len(data)
         self.queued += len(data)
