@@ -43,6 +43,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from report import span
+
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
@@ -275,15 +277,6 @@ def run_attack(kind: str, args: argparse.Namespace, repo: Path, work: Path) -> l
 # -- the report ------------------------------------------------------------------------------------
 
 
-def span(values: list[float], digits: int = 2) -> str:
-    if not values:
-        return "-"
-    middle = statistics.median(values)
-    if len(values) == 1:
-        return f"{middle:,.{digits}f}"
-    return f"{middle:,.{digits}f} [{min(values):,.{digits}f}-{max(values):,.{digits}f}]"
-
-
 def p99_ratios(rows: list[dict[str, Any]], kind: str) -> list[float]:
     """Per round: the attack window's p99 over the quiet window's next to it."""
     by_round: dict[int, dict[str, float]] = {}
@@ -351,7 +344,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, took: float) ->
 
         lines.append(
             f"| {kind} | {both(quiet, 'p50_ms', 'p99_ms')} | {both(hit, 'p50_ms', 'p99_ms')}"
-            f" | {span(p99_ratios(rows, kind))} | {span([a['frames'] for a in attackers], 0)}"
+            f" | {span(p99_ratios(rows, kind), 2)} | {span([a['frames'] for a in attackers], 0)}"
             f" | {outcome_text(attackers, kind)}"
             f" | {sum(r['failures'] for r in quiet + hit)}"
             f" | {rss_quiet} / {rss_hit} |"
@@ -361,7 +354,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, took: float) ->
         values = p99_ratios(rows, kind)
         if values:
             met = statistics.median(values) <= TARGET_RATIO
-            lines.append(f"- {kind}: {'met' if met else '**NOT met**'} ({span(values)})")
+            lines.append(f"- {kind}: {'met' if met else '**NOT met**'} ({span(values, 2)})")
     lines += ["", "## Every window", ""]
     lines += ["| attack | round | phase | calls | p50 ms | p99 ms | failures | RSS max MiB |"]
     lines += ["|---|---:|---|---:|---:|---:|---:|---:|"]

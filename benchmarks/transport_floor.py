@@ -41,6 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from report import span
+from server_process import free_port
 from transport_servers import HOST, KINDS, PATH, canned_messages
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -48,12 +50,6 @@ NAMES = {"ours": "modelport HTTP/2", "h2": "h2 behind the same seam", "grpc-aio"
 CONCURRENCY = (1, 32)
 H2LOAD_FINISHED = re.compile(r"finished in ([\d.]+)s, ([\d.]+) req/s")
 H2LOAD_REQUESTS = re.compile(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def pinned(cpu: int | None, command: list[str]) -> list[str]:
@@ -170,11 +166,6 @@ def measure(kind: str, index: int, body: Path, messages: tuple[bytes, bytes], ar
     if answered < counted:
         raise SystemExit(f"{kind}: h2load counted {counted} answers, the handler ran {answered}")
     return rows
-
-
-def span(values: list[float], digits: int = 0) -> str:
-    low, high = min(values), max(values)
-    return f"{statistics.median(values):,.{digits}f} [{low:,.{digits}f}-{high:,.{digits}f}]"
 
 
 def ratios(rows: list[dict[str, Any]], kind: str, streams: int) -> list[float]:

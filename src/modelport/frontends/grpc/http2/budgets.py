@@ -57,10 +57,10 @@ class FrameWork:
     """A client address's frame units. Spent on the path of every frame: one subtraction
     and one comparison, reading the clock only when the units run out."""
 
-    __slots__ = ("_rate", "_stamp", "capacity", "units")
+    __slots__ = ("_capacity", "_rate", "_stamp", "units")
 
     def __init__(self, capacity: int, rate: float) -> None:
-        self.capacity = capacity
+        self._capacity = capacity
         self._rate = rate
         self._stamp = time.monotonic()
         self.units = float(capacity)
@@ -68,19 +68,19 @@ class FrameWork:
     def refill(self) -> bool:
         """After `units` went negative: add what the time passed earned; False if still short."""
         now = time.monotonic()
-        self.units = min(self.capacity, self.units + (now - self._stamp) * self._rate)
+        self.units = min(self._capacity, self.units + (now - self._stamp) * self._rate)
         self._stamp = now
         return self.units >= 0
 
     def low(self) -> bool:
         """Below a tenth of capacity, after refilling."""
         self.refill()
-        return self.units < self.capacity / 10
+        return self.units < self._capacity / 10
 
     def credit(self, units: float) -> None:
         """Real work done (a call completed, a message delivered); the units may pass capacity
-        by this last credit, no more (Connection._local_end does the same inline)."""
-        if self.units < self.capacity:
+        by this last credit, no more (cheaper than min() on every call)."""
+        if self.units < self._capacity:
             self.units += units
 
 

@@ -643,9 +643,7 @@ class Connection(asyncio.Protocol):
         self._sender.forget(stream)
         stream.wake()
         if stream.remote_closed:  # a call completed: the connection is doing real work
-            work = self._work
-            if work.units < work.capacity:
-                work.units += self._limits.call_units
+            self._work.credit(self._limits.call_units)
             self.progress.calls += 1
             self._ping_strikes = 0
         else:

@@ -61,16 +61,8 @@ class Sender:
             and size <= self.window
             and size <= stream.send_window
         ):  # the common case, one frame the windows let out now: nothing is queued or counted
-            if size < SEPARATE_PAYLOAD_BYTES:
-                self._write(f.frame(FrameType.DATA, 0, stream.stream_id, data))
-            else:
-                self._write(f.frame_header(FrameType.DATA, 0, stream.stream_id, size))
-                self._write(data)
-            self.window -= size
-            stream.send_window -= size
-            if stream.trailers is not None:
-                block, stream.trailers = stream.trailers, None
-                self.headers(stream, block, end_stream=True)
+            self._send(stream, data)
+            self._end_if_trailers(stream)
             return
         stream.outbound.append(memoryview(data))
         stream.queued += len(data)
@@ -132,14 +124,8 @@ class Sender:
                     stream.wake()
                 return
             piece, rest = data[:room], data[room:]
-            if len(piece) < SEPARATE_PAYLOAD_BYTES:
-                self._write(f.frame(FrameType.DATA, 0, stream.stream_id, piece))
-            else:  # a view, joined once with the rest of the flush: no copy of its own
-                self._write(f.frame_header(FrameType.DATA, 0, stream.stream_id, len(piece)))
-                self._write(piece)
+            self._send(stream, piece)
             sent = len(piece)
-            self.window -= sent
-            stream.send_window -= sent
             stream.queued -= sent
             self.queued -= sent
             self.waiting.held -= sent
@@ -149,6 +135,21 @@ class Sender:
                 outbound.popleft()
         stream.wake()
         self._blocked.pop(stream.stream_id, None)
+        self._end_if_trailers(stream)
+
+    def _send(self, stream: Stream, piece: bytes | memoryview) -> None:
+        """One DATA frame the windows allow, taken from both windows."""
+        size = len(piece)
+        if size < SEPARATE_PAYLOAD_BYTES:
+            self._write(f.frame(FrameType.DATA, 0, stream.stream_id, piece))
+        else:  # a view, joined once with the rest of the flush: no copy of its own
+            self._write(f.frame_header(FrameType.DATA, 0, stream.stream_id, size))
+            self._write(piece)
+        self.window -= size
+        stream.send_window -= size
+
+    def _end_if_trailers(self, stream: Stream) -> None:
+        """The body is all sent: the trailers, if the answer has them by now, end the stream."""
         if stream.trailers is not None:
             block, stream.trailers = stream.trailers, None
             self.headers(stream, block, end_stream=True)
